@@ -1,0 +1,109 @@
+"""The one dataset schema: a JSONL file of Samples, images stored next to it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class DataError(ValueError):
+    """Unusable dataset input; the message is one line naming the file, line and field."""
+
+
+class Sample(BaseModel):
+    """One training/evaluation example.
+
+    `reference` is the reasoning only; the memorization target appends the answer flag and the
+    gold answer to it (see `target_text`). `images` are paths relative to the JSONL file.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    task: str = Field(..., description="name of the verifier that scores this sample")
+    question: str
+    answer: str
+    images: list[str] = []
+    reference: str = ""
+    facts: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    root: Optional[Path] = Field(None, exclude=True, description="folder the image paths are relative to")
+
+    def image_paths(self) -> list[Path]:
+        base = self.root or Path(".")
+        return [base / p for p in self.images]
+
+
+def target_text(sample: Sample, answer_flag: str) -> str:
+    """What memorization teaches: reference reasoning + answer flag + gold answer (eos added by the caller)."""
+    reasoning = sample.reference.strip()
+    answer = f"{answer_flag} {sample.answer}"
+    return f"{reasoning} {answer}" if reasoning else answer
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """Read a JSONL dataset. A malformed line raises DataError naming file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found")
+    samples = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            samples.append(_parse_line(path, lineno, line))
+    if not samples:
+        raise DataError(f"{path}: no samples")
+    return samples
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Sample:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object")
+    try:
+        sample = Sample.model_validate(record)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise DataError(f"{path}:{lineno}: field '{field}': {err['msg']}") from None
+    sample.root = path.parent
+    for image in sample.image_paths():
+        if not image.is_file():
+            raise DataError(f"{path}:{lineno}: field 'images': file not found: {image}")
+    return sample
+
+
+def write_samples(path: Path, samples: Iterable[Sample]) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(sample.model_dump_json() + "\n")
+            count += 1
+    return count
+
+
+def load_images(sample: Sample):
+    """The sample's images as RGB PIL images."""
+    from PIL import Image
+
+    images = []
+    for image_path in sample.image_paths():
+        with Image.open(image_path) as image:
+            images.append(image.convert("RGB"))
+    return images
+
+
+def chat_messages(sample: Sample) -> list[dict]:
+    """The user turn in the chat-template message format shared by the VLM processors."""
+    content: list[dict] = [{"type": "image"} for _ in sample.images]
+    content.append({"type": "text", "text": sample.question})
+    return [{"role": "user", "content": content}]

@@ -1,0 +1,191 @@
+"""A recipe is a TOML file; this module is its typed schema, with every default in one place.
+
+Unknown keys and bad values are rejected, and the error names the TOML key (`[train].loss_type`).
+Relative paths in a recipe are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModel(_Section):
+    """Size of the embedded default model (`name = "tiny:smolvlm"`), built from a config, random init."""
+
+    vocab_size: int = Field(512, ge=64)
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+    vision_hidden_size: int = Field(64, ge=8)
+    vision_layers: int = Field(2, ge=1)
+    vision_heads: int = Field(4, ge=1)
+    image_size: int = Field(48, ge=8)
+    patch_size: int = Field(8, ge=1)
+    scale_factor: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _patches_fit(self) -> "TinyModel":
+        grid = self.image_size // self.patch_size
+        if self.image_size % self.patch_size or grid % self.scale_factor:
+            raise ValueError("image_size must be a multiple of patch_size * scale_factor")
+        return self
+
+
+class ModelSection(_Section):
+    name: str = Field(..., description="hub id, local save_pretrained directory, or tiny:smolvlm")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tiny: TinyModel = TinyModel()
+
+
+class DataSection(_Section):
+    train: Path
+    test: Optional[Path] = None
+
+
+class RolloutSection(_Section):
+    num_generations: int = Field(8, ge=2, description="K rollouts per prompt")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(300, ge=1)
+    prompts_per_generate: int = Field(8, ge=1, description="prompts per generate() call")
+
+
+class TrainSection(_Section):
+    algorithm: Literal["dyme", "sft", "grpo"] = "dyme"
+    max_steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(32, ge=1)
+    all_correct: Literal["skip", "explore"] = "skip"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    std_eps: float = Field(1e-4, gt=0)
+    reward_weights: dict[str, float] = {"accuracy": 1.0, "format": 0.5}
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    epsilon: float = Field(0.2, ge=0)
+    epsilon_high: Optional[float] = Field(None, ge=0, description="defaults to epsilon")
+    num_iterations: int = Field(1, ge=1, description="mu: updates per batch of rollouts")
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+class OptimSection(_Section):
+    lr: float = Field(8e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward")
+
+
+class VerifierSection(_Section):
+    answer_flag: str = Field("Answer:", min_length=1)
+    timeout_s: float = Field(5.0, gt=0)
+    options: dict[str, Any] = {}
+
+
+class RunSection(_Section):
+    output_dir: Path = Path("runs/dyme")
+    seed: int = 0
+    save_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_before: bool = False
+    eval_after: bool = False
+    eval_limit: Optional[int] = Field(None, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class Recipe(_Section):
+    run: RunSection = RunSection()
+    model: ModelSection
+    data: DataSection
+    rollout: RolloutSection = RolloutSection()
+    train: TrainSection = TrainSection()
+    optim: OptimSection = OptimSection()
+    verifier: VerifierSection = VerifierSection()
+
+
+def _key_path(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) == 1:
+        return f"[{parts[0]}]"
+    return f"[{'.'.join(parts[:-1])}].{parts[-1]}"
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Parse and validate a recipe; raise RecipeError with one line naming the file and key."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    return recipe_from_dict(raw, source=str(path))
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _key_path(first["loc"])
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise RecipeError(f"{source}: {key}: {msg}{more}") from None
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The resolved recipe (every default filled in) as TOML, for the run directory."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    lines: list[str] = []
+    _emit_table(lines, [], data)
+    return "\n".join(lines).strip() + "\n"
+
+
+_INLINE_TABLES = ("reward_weights", "options")
+
+
+def _emit_table(lines: list[str], prefix: list[str], table: dict) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict) or k in _INLINE_TABLES}
+    if prefix:
+        lines.append(f"\n[{'.'.join(prefix)}]")
+    for key, value in scalars.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in table.items():
+        if key not in scalars:
+            _emit_table(lines, prefix + [key], value)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

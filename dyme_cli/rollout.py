@@ -1,0 +1,141 @@
+"""Tokenising prompts, sampling completions, and log-probabilities of completion tokens.
+
+A prompt is encoded once by the model's own processor and chat template (with the generation prompt);
+rollouts and memorization targets are both token ids appended after it, so they share one path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .data import Sample, chat_messages, load_images
+from .modeling import Policy
+
+_TEXT_KEYS = ("input_ids", "attention_mask")
+
+
+@dataclass
+class Completion:
+    ids: list[int]  # generated ids, up to and including the first end-of-sequence token
+    text: str  # decoded without special tokens
+    truncated: bool  # max_new_tokens reached without an end-of-sequence token
+
+
+def encode_prompt(policy: Policy, sample: Sample) -> dict[str, torch.Tensor]:
+    """The model inputs of one prompt (batch dimension 1, no padding)."""
+    processor = policy.processor
+    text = processor.apply_chat_template(chat_messages(sample), add_generation_prompt=True, tokenize=False)
+    if sample.images:
+        encoded = processor(text=[text], images=[load_images(sample)], return_tensors="pt")
+    else:
+        encoded = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    return dict(encoded)
+
+
+def target_ids(policy: Policy, text: str) -> list[int]:
+    """Token ids of a memorization target, ending with the model's end-of-sequence token."""
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids) + [policy.eos_token_ids[0]]
+
+
+def collate(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, side: str) -> dict[str, torch.Tensor]:
+    """Pad input_ids/attention_mask to one length (`left` for generation, `right` for training) and
+    concatenate every other tensor (pixel values, grids) along the batch dimension."""
+    length = max(row["input_ids"].shape[-1] for row in rows)
+    batch: dict[str, list[torch.Tensor]] = {key: [] for key in rows[0]}
+    for row in rows:
+        ids = row["input_ids"].reshape(1, -1)
+        pad = length - ids.shape[-1]
+        fill = torch.full((1, pad), pad_id, dtype=ids.dtype)
+        zeros = torch.zeros((1, pad), dtype=torch.long)
+        mask = row.get("attention_mask", torch.ones_like(ids)).reshape(1, -1)
+        if side == "left":
+            batch["input_ids"].append(torch.cat([fill, ids], dim=1))
+            batch["attention_mask"].append(torch.cat([zeros, mask], dim=1))
+        else:
+            batch["input_ids"].append(torch.cat([ids, fill], dim=1))
+            batch["attention_mask"].append(torch.cat([mask, zeros], dim=1))
+        for key, value in row.items():
+            if key not in _TEXT_KEYS:
+                batch[key].append(value)
+    return {key: torch.cat(values, dim=0) for key, values in batch.items() if values}
+
+
+@torch.no_grad()
+def generate(
+    policy: Policy,
+    prompts: Sequence[dict[str, torch.Tensor]],
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    batch_size: int = 8,
+) -> list[list[Completion]]:
+    """K completions for each prompt, generated `batch_size` prompts at a time."""
+    model = policy.model
+    was_training = model.training
+    model.eval()
+    groups: list[list[Completion]] = []
+    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        inputs = {k: v.to(model.device) for k, v in collate(chunk, policy.pad_token_id, "left").items()}
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_generations,
+            eos_token_id=policy.eos_token_ids,
+            pad_token_id=policy.pad_token_id,
+            **sampling,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        completions = [_completion(policy, ids) for ids in new_tokens]
+        groups.extend(completions[i : i + num_generations] for i in range(0, len(completions), num_generations))
+    model.train(was_training)
+    return groups
+
+
+def _completion(policy: Policy, ids: list[int]) -> Completion:
+    stops = set(policy.eos_token_ids)
+    for i, token in enumerate(ids):
+        if token in stops:
+            kept = ids[: i + 1]
+            return Completion(kept, policy.tokenizer.decode(kept, skip_special_tokens=True), False)
+    return Completion(ids, policy.tokenizer.decode(ids, skip_special_tokens=True), True)
+
+
+def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[int]) -> tuple[dict, int]:
+    """Prompt inputs extended by a completion; returns them and the prompt length."""
+    ids = prompt["input_ids"].reshape(1, -1)
+    prompt_len = ids.shape[-1]
+    extra = torch.tensor([list(completion_ids)], dtype=ids.dtype)
+    row = dict(prompt)
+    row["input_ids"] = torch.cat([ids, extra], dim=1)
+    row["attention_mask"] = torch.ones_like(row["input_ids"])
+    return row, prompt_len
+
+
+def completion_logprobs(
+    model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of each row's completion tokens, and the mask of those positions.
+
+    Both have shape (rows, max completion length); only completion tokens are scored.
+    """
+    batch = collate([row for row, _ in rows], pad_id, "right")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    logits = model(**batch).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    starts = torch.tensor([prompt_len - 1 for _, prompt_len in rows], device=targets.device)
+    lengths = batch["attention_mask"].sum(-1) - 1 - starts
+    width = int(lengths.max())
+    positions = starts.unsqueeze(1) + torch.arange(width, device=targets.device).unsqueeze(0)
+    mask = (torch.arange(width, device=targets.device).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    positions = positions.clamp(max=token_logp.shape[1] - 1)
+    return token_logp.gather(1, positions) * mask, mask

@@ -1,0 +1,426 @@
+"""The training loop: one DyME step after another, with logging and atomic checkpoints.
+
+A step, as in the paper:
+    1. sample K rollouts per prompt and verify each;
+    2-4. gate each prompt (memorize / explore / skip) and give rows their advantages (dyme.py);
+    then update the policy on the rows whose advantage is non-zero (losses.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+
+from . import dyme
+from .data import Sample, read_samples, target_text
+from .dyme import Mode
+from .evaluate import EvalReport, evaluate
+from .losses import StepTotals, policy_loss
+from .modeling import Policy, load_policy, resolve_model_path, save_policy
+from .plugins import load_verifiers, safe_verify
+from .recipe import Recipe, recipe_to_toml
+from .rollout import Completion, completion_logprobs, encode_prompt, generate, target_ids, with_completion
+from .traces import step_metrics, step_traces
+
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "trainer_state.pt"
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted after step {step}; checkpoint saved to {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@dataclass
+class Row:
+    """One sequence to learn from: a prompt, a completion (rollout or reference target) and its advantage."""
+
+    prompt: dict
+    completion_ids: list[int]
+    advantage: float
+
+
+@dataclass
+class Engine:
+    """Everything a step needs; built once by `train`."""
+
+    recipe: Recipe
+    policy: Policy
+    samples: list[Sample]
+    verifiers: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    accelerator: Accelerator
+    max_steps: int
+    reference: torch.nn.Module | None = None
+    run_name: str = ""
+
+
+@dataclass
+class StepResult:
+    metrics: dict
+    traces: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    checkpoint: Path | None
+    before: EvalReport | None = None
+    after: EvalReport | None = None
+    mode_totals: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def dyme_step(engine: Engine, step: int) -> StepResult:
+    recipe, policy = engine.recipe, engine.policy
+    train_cfg, rollout_cfg = recipe.train, recipe.rollout
+    samples = [engine.samples[i] for i in prompt_indices(len(engine.samples), step, train_cfg.prompts_per_step, recipe.run.seed)]
+    prompts = [encode_prompt(policy, s) for s in samples]
+
+    t0 = time.perf_counter()
+    groups = sample_rollouts(engine, prompts)
+    t1 = time.perf_counter()
+    verdicts, errors = verify_groups(engine, samples, groups)
+    rewards = [[dyme.total_reward(v.rewards, train_cfg.reward_weights) for v in group] for group in verdicts]
+    correct = [[v.correct for v in group] for group in verdicts]
+    decisions = dyme.decide(
+        correct, rewards, algorithm=train_cfg.algorithm, all_correct=train_cfg.all_correct,
+        scale_rewards=train_cfg.scale_rewards, eps=train_cfg.std_eps,
+    )
+    targets = [memorization_target(policy, s, recipe.verifier.answer_flag) if d.mode is Mode.MEMORIZE else None
+               for s, d in zip(samples, decisions)]
+    rows = assemble_rows(prompts, groups, decisions, targets)
+    t2 = time.perf_counter()
+    update_stats = update(engine, rows)
+    t3 = time.perf_counter()
+
+    timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
+    metrics = step_metrics(
+        step=step, groups=groups, verdicts=verdicts, rewards=rewards, decisions=decisions, rows=rows,
+        update_stats=update_stats, timing=timing, verifier_errors=errors, lr=engine.scheduler.get_last_lr()[0],
+    )
+    traces = step_traces(
+        run=engine.run_name, step=step, samples=samples, groups=groups, verdicts=verdicts,
+        rewards=rewards, decisions=decisions, targets=targets,
+    )
+    return StepResult(metrics, traces)
+
+
+def sample_rollouts(engine: Engine, prompts: list[dict]) -> list[list[Completion]]:
+    """K completions per prompt; SFT learns only from references, so it samples none."""
+    cfg = engine.recipe.rollout
+    if engine.recipe.train.algorithm == "sft":
+        return [[] for _ in prompts]
+    return generate(
+        engine.policy, prompts, num_generations=cfg.num_generations, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.prompts_per_generate,
+    )
+
+
+def verify_groups(engine: Engine, samples: Sequence[Sample], groups):
+    verdicts, errors = [], 0
+    for sample, group in zip(samples, groups):
+        verifier = engine.verifiers[sample.task]
+        group_verdicts = []
+        for completion in group:
+            verdict, failed = safe_verify(verifier, completion.text, sample)
+            errors += failed
+            group_verdicts.append(verdict)
+        verdicts.append(group_verdicts)
+    return verdicts, errors
+
+
+def memorization_target(policy: Policy, sample: Sample, answer_flag: str) -> tuple[str, list[int]]:
+    text = target_text(sample, answer_flag)
+    return text, target_ids(policy, text)
+
+
+def assemble_rows(prompts, groups, decisions, targets) -> list[Row]:
+    """MEMORIZE -> the reference target with A = 1; EXPLORE -> rollouts with A != 0; nothing else.
+
+    Rows whose advantage is zero contribute no gradient, so they are never forwarded.
+    """
+    rows = []
+    for prompt, group, decision, target in zip(prompts, groups, decisions, targets):
+        if decision.mode is Mode.MEMORIZE:
+            rows.append(Row(prompt, target[1], dyme.MEMORIZE_ADVANTAGE))
+        elif decision.mode is Mode.EXPLORE:
+            rows.extend(Row(prompt, c.ids, a) for c, a in zip(group, decision.advantages) if a != 0.0)
+    return rows
+
+
+# --------------------------------------------------------------------------- the update
+
+
+def update(engine: Engine, rows: list[Row]) -> dict:
+    """num_iterations optimizer steps on the rows, micro-batched with gradient accumulation."""
+    recipe, model = engine.recipe, engine.policy.model
+    stats: dict = {"loss": None, "grad_norm": None, "rows": len(rows), "tokens": sum(len(r.completion_ids) for r in rows)}
+    if rows:
+        micro = chunked(rows, recipe.optim.micro_batch_size)
+        totals = StepTotals(len(rows), stats["tokens"], len(micro), recipe.rollout.max_new_tokens)
+        old = frozen_logprobs(model, micro, engine.policy.pad_token_id) if recipe.train.num_iterations > 1 else None
+        ref = frozen_logprobs(engine.reference, micro, engine.policy.pad_token_id) if engine.reference else None
+        for _ in range(recipe.train.num_iterations):
+            stats.update(optimizer_step(engine, micro, totals, old, ref))
+    engine.scheduler.step()
+    return stats
+
+
+def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
+    recipe, model, accelerator = engine.recipe, engine.policy.model, engine.accelerator
+    train_cfg = recipe.train
+    engine.optimizer.zero_grad(set_to_none=True)
+    loss_sum, clip_sum, kl_sum = 0.0, 0.0, 0.0
+    for j, batch in enumerate(micro):
+        pairs = [with_completion(row.prompt, row.completion_ids) for row in batch]
+        logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id)
+        advantages = torch.tensor([row.advantage for row in batch], device=logp.device)
+        loss, info = policy_loss(
+            logp, old[j] if old else logp.detach(), advantages, mask,
+            loss_type=train_cfg.loss_type, totals=totals, eps_low=train_cfg.epsilon, eps_high=train_cfg.clip_high,
+            beta=train_cfg.beta, ref_logp=ref[j] if ref else None,
+        )
+        accelerator.backward(loss)
+        loss_sum += loss.item()
+        clip_sum += info["clip_fraction"] * len(batch)
+        kl_sum += info.get("kl", 0.0) * len(batch)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
+    engine.optimizer.step()
+    out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / totals.rows}
+    if train_cfg.beta > 0:
+        out["kl"] = kl_sum / totals.rows
+    return out
+
+
+@torch.no_grad()
+def frozen_logprobs(model, micro, pad_id: int) -> list[torch.Tensor]:
+    """Log-probs before any update (old policy for mu > 1) or under the frozen reference model."""
+    return [completion_logprobs(model, [with_completion(r.prompt, r.completion_ids) for r in batch], pad_id)[0]
+            for batch in micro]
+
+
+def chunked(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# --------------------------------------------------------------------------- data order, optimizer, schedule
+
+
+def prompt_indices(n: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Prompts of a step (1-based): consecutive slices of a fresh permutation per epoch.
+
+    A pure function of (step, seed), so a resumed run sees exactly the prompts it would have seen.
+    """
+    start = (step - 1) * per_step
+    return [_epoch_order(n, seed, pos // n)[pos % n] for pos in range(start, start + per_step)]
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
+
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe, max_steps: int):
+    cfg = recipe.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, max_steps, cfg.schedule))
+    return optimizer, scheduler
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warmup over `warmup` steps, then constant or cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# --------------------------------------------------------------------------- run directory and checkpoints
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def save_checkpoint(engine: Engine, run_dir: Path, step: int) -> Path:
+    """Model + processor + optimizer/scheduler/RNG state, written to a temp dir and renamed into place."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_policy(engine.policy, tmp)
+    state = {
+        "step": step,
+        "optimizer": engine.optimizer.state_dict(),
+        "scheduler": engine.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    torch.save(state, tmp / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in checkpoint_dirs(run_dir)[: -engine.recipe.run.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_state(engine: Engine, checkpoint: Path) -> int:
+    state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+    engine.optimizer.load_state_dict(state["optimizer"])
+    engine.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop records of steps after the checkpoint we resume from (they will be produced again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def append_jsonl(path: Path, records: Sequence[dict]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+class StopRequest:
+    """First Ctrl-C asks the loop to stop after the current step (and checkpoint); a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(
+    recipe: Recipe,
+    *,
+    output_dir: Path | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, int, dict], None] | None = None,
+    on_message: Callable[[str], None] = lambda message: None,
+) -> TrainResult:
+    run_dir = Path(output_dir or recipe.run.output_dir)
+    total = max_steps or recipe.train.max_steps
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe), encoding="utf-8")
+
+    samples = read_samples(recipe.data.train)
+    test_samples = read_samples(recipe.data.test) if recipe.data.test else []
+    verifiers = load_verifiers([s.task for s in samples + test_samples], recipe.verifier.answer_flag, recipe.verifier.options)
+
+    torch.manual_seed(recipe.run.seed)
+    random.seed(recipe.run.seed)
+    checkpoints = checkpoint_dirs(run_dir) if resume else []
+    if resume and not checkpoints:
+        on_message(f"no checkpoint in {run_dir}; starting from scratch")
+    texts = [s.question + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
+    base_path = resolve_model_path(recipe.model, run_dir, texts, recipe.run.seed)
+    policy = load_policy(str(checkpoints[-1]) if checkpoints else base_path, recipe.model.dtype)
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    optimizer, scheduler = build_optimizer(policy.model, recipe, total)
+    policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+    policy.model.train()
+    reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
+    engine = Engine(recipe, policy, samples, verifiers, optimizer, scheduler, accelerator, total, reference, run_dir.name)
+
+    metrics_path, traces_path = run_dir / "metrics.jsonl", run_dir / "traces.jsonl"
+    start = 0
+    if checkpoints:
+        start = restore_state(engine, checkpoints[-1])
+        on_message(f"resumed from {checkpoints[-1]} (step {start})")
+    for path in (metrics_path, traces_path):
+        truncate_log(path, start)
+
+    result = TrainResult(run_dir, start, checkpoints[-1] if checkpoints else None)
+    if recipe.run.eval_before and test_samples and start == 0:
+        result.before = run_eval(engine, test_samples)
+
+    with StopRequest() as stop:
+        for step in range(start + 1, total + 1):
+            outcome = dyme_step(engine, step)
+            append_jsonl(metrics_path, [outcome.metrics])
+            append_jsonl(traces_path, outcome.traces)
+            for mode in Mode:
+                result.mode_totals[mode.value] = result.mode_totals.get(mode.value, 0) + outcome.metrics[f"n_{mode.value}"]
+            result.steps = step
+            if on_step:
+                on_step(step, total, outcome.metrics)
+            if step % recipe.run.save_every == 0 or step == total or stop.requested:
+                result.checkpoint = save_checkpoint(engine, run_dir, step)
+            if stop.requested:
+                raise TrainingInterrupted(step, result.checkpoint)
+
+    if recipe.run.eval_after and test_samples:
+        result.after = run_eval(engine, test_samples)
+    return result
+
+
+def load_reference(path: str, recipe: Recipe, accelerator: Accelerator) -> torch.nn.Module:
+    """The frozen starting policy, for the KL term (only loaded when beta > 0)."""
+    model = load_policy(path, recipe.model.dtype).model
+    model.requires_grad_(False)
+    model.eval()
+    return accelerator.prepare_model(model, evaluation_mode=True)
+
+
+def run_eval(engine: Engine, samples: list[Sample]) -> EvalReport:
+    cfg = engine.recipe.run
+    chosen = samples[: cfg.eval_limit] if cfg.eval_limit else samples
+    return evaluate(engine.policy, chosen, engine.verifiers, max_new_tokens=engine.recipe.rollout.max_new_tokens,
+                    batch_size=cfg.eval_batch_size)

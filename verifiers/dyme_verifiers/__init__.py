@@ -1,0 +1,1 @@
+"""Built-in dyme verifiers, registered through the `dyme.verifiers` entry-point group."""
