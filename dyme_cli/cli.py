@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -26,7 +27,7 @@ USER_ERROR = 2
 
 
 def _fail(message: str, code: int = USER_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -84,7 +85,7 @@ def train(
     from .modeling import ModelLoadError
     from .plugins import VerifierError
     from .recipe import RecipeError, load_recipe
-    from .trainer import TrainingInterrupted, train as run_training
+    from .trainer import RunDirError, TrainingInterrupted, train as run_training
 
     try:
         recipe = load_recipe(recipe_path)
@@ -105,12 +106,12 @@ def train(
                 recipe, output_dir=output, max_steps=max_steps, resume=resume, on_step=on_step,
                 on_message=lambda m: progress.console.print(m),
             )
-        except (RecipeError, DataError, ModelLoadError, VerifierError) as exc:
+        except (RecipeError, DataError, ModelLoadError, VerifierError, RunDirError) as exc:
             progress.stop()
             _fail(str(exc))
         except TrainingInterrupted as exc:
             progress.stop()
-            err_console.print(f"[yellow]{exc}[/]; continue with --resume")
+            err_console.print(f"[yellow]{escape(str(exc))}[/]; continue with --resume")
             raise typer.Exit(130)
     _print_summary(result, history)
 

@@ -41,6 +41,7 @@ class Policy:
     processor: object
     eos_token_ids: list[int]
     pad_token_id: int
+    blocked_token_ids: list[int]  # special tokens a completion must never contain (image placeholders, ...)
 
     @property
     def tokenizer(self):
@@ -156,7 +157,9 @@ def load_policy(name_or_path: str, dtype: str = "float32") -> Policy:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line}") from None
     tokenizer = getattr(processor, "tokenizer", processor)
-    return Policy(model, processor, _eos_ids(model, tokenizer), _pad_id(tokenizer))
+    eos = _eos_ids(model, tokenizer)
+    blocked = sorted(set(tokenizer.all_special_ids) - set(eos))
+    return Policy(model, processor, eos, _pad_id(tokenizer), blocked)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -91,6 +91,7 @@ def generate(
             num_return_sequences=num_generations,
             eos_token_id=policy.eos_token_ids,
             pad_token_id=policy.pad_token_id,
+            suppress_tokens=policy.blocked_token_ids or None,
             **sampling,
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()

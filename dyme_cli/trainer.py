@@ -37,6 +37,10 @@ CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.pt"
 
 
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (it would overwrite an earlier run)."""
+
+
 class TrainingInterrupted(Exception):
     def __init__(self, step: int, checkpoint: Path):
         super().__init__(f"interrupted after step {step}; checkpoint saved to {checkpoint}")
@@ -365,7 +369,9 @@ def train(
 
     torch.manual_seed(recipe.run.seed)
     random.seed(recipe.run.seed)
-    checkpoints = checkpoint_dirs(run_dir) if resume else []
+    checkpoints = checkpoint_dirs(run_dir)
+    if checkpoints and not resume:
+        raise RunDirError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or choose another --output")
     if resume and not checkpoints:
         on_message(f"no checkpoint in {run_dir}; starting from scratch")
     texts = [s.question + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
@@ -399,10 +405,10 @@ def train(
             for mode in Mode:
                 result.mode_totals[mode.value] = result.mode_totals.get(mode.value, 0) + outcome.metrics[f"n_{mode.value}"]
             result.steps = step
-            if on_step:
-                on_step(step, total, outcome.metrics)
             if step % recipe.run.save_every == 0 or step == total or stop.requested:
                 result.checkpoint = save_checkpoint(engine, run_dir, step)
+            if on_step:
+                on_step(step, total, outcome.metrics)
             if stop.requested:
                 raise TrainingInterrupted(step, result.checkpoint)
 

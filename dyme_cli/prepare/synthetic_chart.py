@@ -95,9 +95,13 @@ def _difference(chart: Chart, rng: random.Random) -> Question:
 
 
 def _sum(chart: Chart, rng: random.Random) -> Question:
-    total = sum(chart.values.values())
-    terms = " + ".join(str(v) for v in chart.values.values())
-    return Question("sum", "What is the sum of all bar values?", str(total), tuple(chart.values), f"{terms} = {total}.")
+    """Added one bar at a time, so each step of the trace is a single two-number addition."""
+    values = list(chart.values.values())
+    steps, running = [], values[0]
+    for value in values[1:]:
+        steps.append(f"{running} + {value} = {running + value}.")
+        running += value
+    return Question("sum", "What is the sum of all bar values?", str(running), tuple(chart.values), " ".join(steps))
 
 
 QUESTION_MAKERS = {
@@ -160,13 +164,14 @@ def make_sample(
 ) -> tuple[Sample, Chart]:
     chart = random_chart(rng, min_bars, max_bars, max_value)
     question = QUESTION_MAKERS[rng.choice(kinds)](chart, rng)
+    trace_rng = random.Random(rng.random())  # one draw whatever the quality: same charts and questions
     sample = Sample(
         id=f"chart-{split}-{index:05d}",
         task="chart",
         question=question.text,
         answer=question.answer,
         images=[f"images/{split}-{index:05d}.png"],
-        reference=reference_trace(chart, question, quality, rng),
+        reference=reference_trace(chart, question, quality, trace_rng),
         facts={"chart": "bar", "values": chart.values},
         meta={"kind": question.kind, "source": "synthetic-chart", "reference_quality": quality},
     )

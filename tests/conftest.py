@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from dyme_cli.data import read_samples, target_text
+from dyme_cli.modeling import build_tiny_smolvlm
+from dyme_cli.prepare.synthetic_chart import generate
+from dyme_cli.recipe import TinyModel, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def chart_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("chart")
+    generate(out, n_train=48, n_test=8, seed=3, min_bars=3, max_bars=3, image_size=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, chart_data) -> Path:
+    texts = [s.question + " " + target_text(s, "Answer:") for s in read_samples(chart_data / "train.jsonl")]
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_smolvlm(out, ["User: Assistant:", *texts], TinyModel(image_size=32, hidden_size=32, vision_hidden_size=32))
+    return out
+
+
+def small_recipe(chart_data: Path, output_dir: Path, optim: dict | None = None, **train_overrides):
+    """A recipe small enough for a CPU test: tiny model, 4 prompts x K=2 rollouts per step."""
+    train = {"max_steps": 4, "prompts_per_step": 4, **train_overrides}
+    return recipe_from_dict({
+        "run": {"output_dir": str(output_dir), "seed": 1, "save_every": 2},
+        "model": {"name": "tiny:smolvlm", "tiny": {"image_size": 32, "hidden_size": 32, "vision_hidden_size": 32}},
+        "data": {"train": str(chart_data / "train.jsonl"), "test": str(chart_data / "test.jsonl")},
+        "rollout": {"num_generations": 2, "max_new_tokens": 12},
+        "train": train,
+        "optim": {"lr": 1e-3, "micro_batch_size": 3, **(optim or {})},
+    })

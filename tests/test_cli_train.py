@@ -1,0 +1,131 @@
+"""End to end through the CLI and the trainer: run directory, checkpoints, resume, bad recipes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dyme_cli.cli import app
+from dyme_cli.trainer import train
+
+from conftest import REPO, small_recipe
+
+runner = CliRunner()
+
+
+def test_demo_recipe_three_steps(tmp_path, monkeypatch, chart_data):
+    # The demo recipe reads data/chart/ relative to the working directory.
+    (tmp_path / "data").mkdir()
+    shutil.copytree(chart_data, tmp_path / "data" / "chart")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(REPO / "recipes" / "demo.toml"), "--max-steps", "3", "--output", "run"])
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy before training" in result.output and "held-out accuracy after training" in result.output
+
+    run = tmp_path / "run"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert m["n_memorize"] + m["n_explore"] + m["n_skip"] == 16
+        assert m["frac_memorize"] + m["frac_explore"] + m["frac_skip"] == pytest.approx(1.0)
+        assert {"loss", "lr", "grad_norm", "accuracy", "time_generate", "tokens_per_s", "zero_std_all_wrong"} <= set(m)
+    traces = [json.loads(line) for line in (run / "traces.jsonl").read_text().splitlines()]
+    rollouts = [t for t in traces if t["kind"] == "rollout"]
+    targets = [t for t in traces if t["kind"] == "target"]
+    assert len(rollouts) == 3 * 16 * 4
+    assert len(targets) == sum(m["n_memorize"] for m in metrics)
+    assert all(t["target"].endswith("Answer: " + t["gold"]) and t["advantage"] == 1.0 for t in targets)
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    checkpoint = run / "checkpoints" / "step-000003"
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    AutoProcessor.from_pretrained(checkpoint)
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert any(not torch.equal(saved[k], model.state_dict()[k]) is False for k in saved)
+    assert "step 3" not in (run / "recipe.toml").read_text()  # the resolved recipe, not a log
+    assert 'name = "tiny:smolvlm"' in (run / "recipe.toml").read_text()
+
+
+def _weights(checkpoint: Path) -> dict:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step_to_crash):
+    def on_step(step, total, metrics):
+        if step == step_to_crash:
+            raise _Crash
+
+    return on_step
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, chart_data):
+    overrides = dict(optim={"schedule": "cosine", "warmup_steps": 1}, num_iterations=2)
+    straight = train(small_recipe(chart_data, tmp_path / "straight", **overrides))
+    assert straight.steps == 4
+
+    recipe = small_recipe(chart_data, tmp_path / "resumed", **overrides)
+    with pytest.raises(_Crash):
+        train(recipe, on_step=_crash_after(2))  # dies right after the step-2 checkpoint
+    resumed = train(recipe, resume=True)
+    assert resumed.steps == 4
+
+    a, b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    lines_a = (tmp_path / "straight" / "traces.jsonl").read_text().replace("straight", "R")
+    lines_b = (tmp_path / "resumed" / "traces.jsonl").read_text().replace("resumed", "R")
+    assert lines_a == lines_b
+
+
+def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    train(recipe, max_steps=2)
+    from dyme_cli.trainer import RunDirError
+
+    with pytest.raises(RunDirError, match="--resume"):
+        train(recipe, max_steps=2)
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ('[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[train]\nloss_type = "ppo"\n', "[train].loss_type"),
+        ('[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[rollout]\nnum_generatons = 4\n', "[rollout].num_generatons"),
+        ('[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[optim]\nlr = -1\n', "[optim].lr"),
+        ('[model]\nname = "tiny:smolvlm"\n', "[data]"),
+        ('[model\nname = 1\n', "not valid TOML"),
+    ],
+)
+def test_bad_recipe_exits_2_with_one_line_naming_the_key(tmp_path, body, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1, message
+    assert key in message and str(path) in message
+    assert "Traceback" not in message
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "{tmp_path}/nope.jsonl"\n')
+    result = runner.invoke(app, ["train", str(path), "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "nope.jsonl: dataset file not found" in result.output
+
+
+def test_help_pages():
+    for args in (["--help"], ["prepare", "--help"], ["train", "--help"], ["prepare", "synthetic-chart", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output

@@ -1,0 +1,66 @@
+"""Row assembly and the update: zero-advantage rows are never forwarded."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from dyme_cli.data import read_samples
+from dyme_cli.dyme import GroupDecision, Mode
+from dyme_cli.modeling import load_policy
+from dyme_cli.rollout import Completion, completion_logprobs, encode_prompt, target_ids, with_completion
+from dyme_cli.trainer import Engine, assemble_rows, build_optimizer, update
+
+from conftest import small_recipe
+
+
+def _completion(ids):
+    return Completion(list(ids), "", False)
+
+
+def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, tmp_path):
+    policy = load_policy(str(tiny_model_dir))
+    samples = read_samples(chart_data / "train.jsonl")[:3]
+    prompts = [encode_prompt(policy, s) for s in samples]
+    a, b, c, d = (policy.tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("red = 5", "blue", "7 - 3", "sum"))
+    groups = [
+        [_completion(a), _completion(b), _completion(c), _completion(d)],
+        [_completion(a), _completion(b)] * 2,
+        [_completion(c)] * 4,
+    ]
+    decisions = [
+        GroupDecision(Mode.EXPLORE, [0.8, 0.0, -0.8, 0.0]),  # two rollouts carry no signal
+        GroupDecision(Mode.SKIP, [0.0] * 4),  # all correct: nothing
+        GroupDecision(Mode.MEMORIZE, [0.0] * 4),  # all wrong: the reference target only
+    ]
+    target = ("red = 1", target_ids(policy, "red = 1"))
+    rows = assemble_rows(prompts, groups, decisions, [None, None, target])
+    assert [(r.completion_ids, r.advantage) for r in rows] == [(a, 0.8), (c, -0.8), (target[1], 1.0)]
+
+    recipe = small_recipe(chart_data, tmp_path)
+    optimizer, scheduler = build_optimizer(policy.model, recipe, 4)
+    engine = Engine(recipe, policy, samples, {}, optimizer, scheduler, Accelerator(cpu=True), 4)
+    seen = []
+    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    stats = update(engine, rows)
+    hook.remove()
+    assert sum(seen) == 3  # 3 rows, in micro-batches of at most 3
+    assert stats["rows"] == 3 and stats["tokens"] == len(a) + len(c) + len(target[1])
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
+
+
+def test_completion_logprobs_match_unpadded_single_row_forwards(chart_data, tiny_model_dir):
+    policy = load_policy(str(tiny_model_dir))
+    policy.model.eval()
+    samples = read_samples(chart_data / "train.jsonl")[:2]
+    completions = [policy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("red = 5, blue", "sum")]
+    pairs = [with_completion(encode_prompt(policy, s), ids) for s, ids in zip(samples, completions)]
+    logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id)
+    n0, n1 = map(len, completions)
+    assert mask.tolist() == [[1.0] * n0, [1.0] * n1 + [0.0] * (n0 - n1)]
+    for i, (row, prompt_len) in enumerate(pairs):
+        with torch.no_grad():
+            logits = policy.model(**row).logits[0]
+        ids = row["input_ids"][0]
+        expected = [torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(prompt_len, len(ids))]
+        assert logp[i, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
