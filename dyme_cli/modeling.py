@@ -175,6 +175,7 @@ def _pad_id(tokenizer) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def save_policy(policy: Policy, out_dir: Path) -> None:
-    policy.model.save_pretrained(out_dir, safe_serialization=True)
+def save_policy(policy: Policy, out_dir: Path, model: torch.nn.Module | None = None) -> None:
+    """Save the (unwrapped) model as safetensors and the processor next to it."""
+    (model or policy.model).save_pretrained(out_dir, safe_serialization=True)
     policy.processor.save_pretrained(out_dir)

@@ -148,7 +148,7 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _key_path(first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise RecipeError(f"{source}: {key}: {msg}{more}") from None
 

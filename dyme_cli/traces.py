@@ -55,7 +55,7 @@ def step_metrics(
     for name in components:
         mean, spread = _mean_std([v.rewards.get(name, 0.0) for v in flat_verdicts])
         metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = mean, spread
-    for key in ("clip_fraction", "kl"):
+    for key in ("memorize_nll", "clip_fraction", "kl"):
         if key in update_stats:
             metrics[key] = update_stats[key]
     return metrics

@@ -54,6 +54,7 @@ class Row:
     prompt: dict
     completion_ids: list[int]
     advantage: float
+    memorized: bool = False
 
 
 @dataclass
@@ -67,7 +68,6 @@ class Engine:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     accelerator: Accelerator
-    max_steps: int
     reference: torch.nn.Module | None = None
     run_name: str = ""
 
@@ -85,7 +85,6 @@ class TrainResult:
     checkpoint: Path | None
     before: EvalReport | None = None
     after: EvalReport | None = None
-    mode_totals: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the step
@@ -93,11 +92,10 @@ class TrainResult:
 
 def dyme_step(engine: Engine, step: int) -> StepResult:
     recipe, policy = engine.recipe, engine.policy
-    train_cfg, rollout_cfg = recipe.train, recipe.rollout
+    train_cfg = recipe.train
     samples = [engine.samples[i] for i in prompt_indices(len(engine.samples), step, train_cfg.prompts_per_step, recipe.run.seed)]
-    prompts = [encode_prompt(policy, s) for s in samples]
-
     t0 = time.perf_counter()
+    prompts = [encode_prompt(policy, s) for s in samples]
     groups = sample_rollouts(engine, prompts)
     t1 = time.perf_counter()
     verdicts, errors = verify_groups(engine, samples, groups)
@@ -163,7 +161,7 @@ def assemble_rows(prompts, groups, decisions, targets) -> list[Row]:
     rows = []
     for prompt, group, decision, target in zip(prompts, groups, decisions, targets):
         if decision.mode is Mode.MEMORIZE:
-            rows.append(Row(prompt, target[1], dyme.MEMORIZE_ADVANTAGE))
+            rows.append(Row(prompt, target[1], dyme.MEMORIZE_ADVANTAGE, memorized=True))
         elif decision.mode is Mode.EXPLORE:
             rows.extend(Row(prompt, c.ids, a) for c, a in zip(group, decision.advantages) if a != 0.0)
     return rows
@@ -191,7 +189,7 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
     recipe, model, accelerator = engine.recipe, engine.policy.model, engine.accelerator
     train_cfg = recipe.train
     engine.optimizer.zero_grad(set_to_none=True)
-    loss_sum, clip_sum, kl_sum = 0.0, 0.0, 0.0
+    loss_sum, clip_sum, kl_sum, nll_sum, nll_tokens = 0.0, 0.0, 0.0, 0.0, 0.0
     for j, batch in enumerate(micro):
         pairs = [with_completion(row.prompt, row.completion_ids) for row in batch]
         logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id)
@@ -204,10 +202,14 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
         accelerator.backward(loss)
         loss_sum += loss.item()
         clip_sum += info["clip_fraction"] * len(batch)
+        memorized = torch.tensor([row.memorized for row in batch], device=logp.device)
+        nll_sum -= float((logp.detach() * mask)[memorized].sum())
+        nll_tokens += float(mask[memorized].sum())
         kl_sum += info.get("kl", 0.0) * len(batch)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
     engine.optimizer.step()
-    out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / totals.rows}
+    out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / totals.rows,
+           "memorize_nll": nll_sum / nll_tokens if nll_tokens else None}
     if train_cfg.beta > 0:
         out["kl"] = kl_sum / totals.rows
     return out
@@ -272,14 +274,17 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
 def save_checkpoint(engine: Engine, run_dir: Path, step: int) -> Path:
     """Model + processor + optimizer/scheduler/RNG state, written to a temp dir and renamed into place."""
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = root / f".tmp-{final.name}"
+    final = checkpoint_path(run_dir, step)
+    tmp = final.parent / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_policy(engine.policy, tmp)
+    save_policy(engine.policy, tmp, engine.accelerator.unwrap_model(engine.policy.model))
     state = {
         "step": step,
         "optimizer": engine.optimizer.state_dict(),
@@ -383,7 +388,7 @@ def train(
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
     policy.model.train()
     reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
-    engine = Engine(recipe, policy, samples, verifiers, optimizer, scheduler, accelerator, total, reference, run_dir.name)
+    engine = Engine(recipe, policy, samples, verifiers, optimizer, scheduler, accelerator, reference, run_dir.name)
 
     metrics_path, traces_path = run_dir / "metrics.jsonl", run_dir / "traces.jsonl"
     start = 0
@@ -402,14 +407,14 @@ def train(
             outcome = dyme_step(engine, step)
             append_jsonl(metrics_path, [outcome.metrics])
             append_jsonl(traces_path, outcome.traces)
-            for mode in Mode:
-                result.mode_totals[mode.value] = result.mode_totals.get(mode.value, 0) + outcome.metrics[f"n_{mode.value}"]
             result.steps = step
-            if step % recipe.run.save_every == 0 or step == total or stop.requested:
+            if step % recipe.run.save_every == 0 or step == total:
                 result.checkpoint = save_checkpoint(engine, run_dir, step)
             if on_step:
                 on_step(step, total, outcome.metrics)
             if stop.requested:
+                if result.checkpoint != checkpoint_path(run_dir, step):
+                    result.checkpoint = save_checkpoint(engine, run_dir, step)
                 raise TrainingInterrupted(step, result.checkpoint)
 
     if recipe.run.eval_after and test_samples:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -39,3 +40,37 @@ def split_completion(completion: str, answer_flag: str = "Answer:") -> SplitComp
 def format_reward(split: SplitCompletion) -> float:
     """1 iff the flag appears exactly once and a non-empty thinking part precedes it."""
     return 1.0 if split.flag_count == 1 and split.thinking else 0.0
+
+
+STOPWORDS = frozenset(
+    """a an the and or but if then so of to in on at by for with from as is are was were be been being it its this
+    that these those there here i you he she we they me my our your their what which who whom whose how why when
+    where do does did done not no yes can could would should will shall may might must has have had let lets us
+    about into over under than too very just also all any each both some such only own same other more most
+    answer think look looks see shows show okay ok hmm well""".split()
+)
+_WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+
+
+def keywords(text: str) -> set[str]:
+    """Lower-cased word and number tokens, minus stopwords."""
+    return {t for t in _WORD.findall(text.lower()) if t not in STOPWORDS}
+
+
+def _flatten(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k} {_flatten(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(_flatten(v) for v in value)
+    return str(value)
+
+
+def thinking_reward(thinking: str, sample) -> float:
+    """Keyword F1 between the thinking and the sample's reference trace plus its visual facts."""
+    predicted = keywords(thinking)
+    gold = keywords(f"{sample.reference} {_flatten(sample.facts)}")
+    overlap = len(predicted & gold)
+    if not overlap:
+        return 0.0
+    precision, recall = overlap / len(predicted), overlap / len(gold)
+    return 2 * precision * recall / (precision + recall)

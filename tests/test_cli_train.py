@@ -129,3 +129,35 @@ def test_help_pages():
     for args in (["--help"], ["prepare", "--help"], ["train", "--help"], ["prepare", "synthetic-chart", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, chart_data):
+    import os
+    import signal
+
+    from dyme_cli.trainer import TrainingInterrupted
+
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    recipe.run.save_every = 100
+
+    def press_ctrl_c(step, total, metrics):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(recipe, on_step=press_ctrl_c)
+    assert info.value.step == 1  # the step that was running when Ctrl-C came is finished and saved
+    assert info.value.checkpoint.name == "step-000001" and (info.value.checkpoint / "trainer_state.pt").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = train(recipe, resume=True)
+    assert resumed.steps == 4
+
+
+def test_unreachable_hub_model_is_a_one_line_error(monkeypatch):
+    from dyme_cli.modeling import ModelLoadError, load_policy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        load_policy("HuggingFaceTB/SmolVLM-256M-Instruct")
+    assert "cannot load model 'HuggingFaceTB/SmolVLM-256M-Instruct'" in str(info.value)
+    assert "\n" not in str(info.value)

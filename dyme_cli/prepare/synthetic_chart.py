@@ -32,6 +32,7 @@ Quality = Literal["high", "medium", "low"]
 @dataclass(frozen=True)
 class Chart:
     values: dict[str, int]  # bar name (colour) -> value, in drawing order
+    max_value: int  # the value axis runs from 0 to max_value + 1
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,25 @@ def random_chart(rng: random.Random, min_bars: int, max_bars: int, max_value: in
     n = rng.randint(min_bars, max_bars)
     names = list(PALETTE)[:n]
     values = rng.sample(range(1, max_value + 1), n)  # distinct, so largest/smallest are unambiguous
-    return Chart(dict(zip(names, values)))
+    return Chart(dict(zip(names, values)), max_value)
 
 
 def render(chart: Chart, size: int) -> Image.Image:
-    """White canvas, a baseline, one solid bar per value; height proportional to the value."""
+    """White canvas, a baseline, one solid bar per value; height proportional to the value.
+
+    Each bar is centred in an equal-width column of the full image, so a vision encoder whose patch
+    grid has one column per bar sees each bar inside its own patch column.
+    """
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
-    margin = max(2, size // 16)
+    margin = max(1, size // 16)
     base_y = size - margin
-    top = margin
-    unit = (base_y - top) / max(10, max(chart.values.values()) + 1)
-    slot = (size - 2 * margin) / len(chart.values)
+    unit = (base_y - margin) / (chart.max_value + 1)
+    slot = size / len(chart.values)
     for i, (name, value) in enumerate(chart.values.items()):
-        x0 = margin + i * slot + slot * 0.15
-        x1 = margin + (i + 1) * slot - slot * 0.15
-        draw.rectangle([x0, base_y - value * unit, x1, base_y], fill=PALETTE[name])
-    draw.line([margin, base_y, size - margin, base_y], fill="black", width=1)
+        draw.rectangle([i * slot + slot * 0.15, base_y - value * unit, (i + 1) * slot - slot * 0.15, base_y],
+                       fill=PALETTE[name])
+    draw.line([0, base_y, size, base_y], fill="black", width=1)
     return image
 
 
@@ -91,7 +94,8 @@ def _difference(chart: Chart, rng: random.Random) -> Question:
         a, b = b, a
     va, vb = chart.values[a], chart.values[b]
     text = f"How much larger is the {a} bar than the {b} bar?"
-    return Question("difference", text, str(va - vb), (a, b), f"{va} - {vb} = {va - vb}.")
+    steps = f"The {a} bar is {va} and the {b} bar is {vb}. {va} - {vb} = {va - vb}."
+    return Question("difference", text, str(va - vb), (a, b), steps)
 
 
 def _sum(chart: Chart, rng: random.Random) -> Question:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from dyme_cli.verdict import Verdict, format_reward, split_completion
+from dyme_cli.verdict import Verdict, format_reward, split_completion, thinking_reward
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
 
@@ -46,7 +46,7 @@ class ChartVerifier:
 
     def verify(self, completion: str, sample) -> Verdict:
         split = split_completion(completion, self.answer_flag)
-        rewards = {"format": format_reward(split), "accuracy": 0.0}
+        rewards = {"format": format_reward(split), "accuracy": 0.0, "thinking": thinking_reward(split.thinking, sample)}
         if split.answer is None:
             return Verdict(False, None, rewards, f"no '{self.answer_flag}' in the completion")
         correct, why = self.matches(split.answer, str(sample.answer))
