@@ -51,7 +51,7 @@ def prepare_synthetic_chart(
     ),
     min_bars: int = typer.Option(3, "--min-bars", help="Fewest bars in a chart (3-5)."),
     max_bars: int = typer.Option(5, "--max-bars", help="Most bars in a chart (3-5)."),
-    max_value: int = typer.Option(9, "--max-value", help="Largest bar value."),
+    max_value: int = typer.Option(9, "--max-value", help="Largest bar value; the value axis is scaled to it."),
     image_size: int = typer.Option(64, "--image-size", min=16, help="Side of the square images in pixels."),
     kinds: str = typer.Option(
         "value,largest,smallest,difference,sum", "--kinds", help="Comma-separated question kinds to draw from."

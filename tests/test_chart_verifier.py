@@ -58,3 +58,16 @@ def test_a_raising_verifier_is_contained():
     verdict, failed = safe_verify(Broken(), "x", _sample("1"))
     assert failed and not verdict.correct and verdict.rewards == {"format": 0.0, "accuracy": 0.0}
     assert "RuntimeError: boom" in verdict.detail
+
+
+def test_thinking_reward_is_keyword_f1_against_reference_and_facts():
+    sample = Sample(id="s", task="chart", question="q", answer="4", reference="The chart shows red = 7, blue = 3. 7 - 3 = 4.",
+                    facts={"values": {"red": 7, "blue": 3}})
+    v = load_verifier("chart")
+    # gold keywords: chart red 7 blue 3 4 values (stopwords "the", "shows" dropped) -> 7 words
+    perfect = v.verify("The chart shows red = 7, blue = 3. 7 - 3 = 4. Answer: 4", sample).rewards["thinking"]
+    assert perfect == pytest.approx(2 * 1 * (6 / 7) / (1 + 6 / 7))  # predicted {chart red 7 blue 3 4}: P = 1, R = 6/7
+    wrong = v.verify("The chart shows red = 9, blue = 3. 9 - 3 = 6. Answer: 6", sample).rewards["thinking"]
+    # predicted {chart red 9 blue 3 6}: overlap {chart red blue 3} -> P = 4/6, R = 4/7
+    assert wrong == pytest.approx(2 * (4 / 6) * (4 / 7) / (4 / 6 + 4 / 7))
+    assert v.verify("Answer: 4", sample).rewards["thinking"] == 0.0
