@@ -383,6 +383,7 @@ def train(
     base_path = resolve_model_path(recipe.model, run_dir, texts, recipe.run.seed)
     policy = load_policy(str(checkpoints[-1]) if checkpoints else base_path, recipe.model.dtype)
 
+    warn_long_targets(policy, samples, recipe, on_message)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer, scheduler = build_optimizer(policy.model, recipe, total)
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
@@ -420,6 +421,16 @@ def train(
     if recipe.run.eval_after and test_samples:
         result.after = run_eval(engine, test_samples)
     return result
+
+
+def warn_long_targets(policy: Policy, samples: list[Sample], recipe: Recipe, on_message: Callable[[str], None]) -> None:
+    """Rollouts are cut at max_new_tokens; a reference target longer than that can never be matched."""
+    limit = recipe.rollout.max_new_tokens
+    lengths = [len(target_ids(policy, target_text(s, recipe.verifier.answer_flag))) for s in samples]
+    too_long = sum(n > limit for n in lengths)
+    if too_long:
+        on_message(f"warning: {too_long} of {len(samples)} reference targets are longer than "
+                   f"[rollout].max_new_tokens = {limit} (longest {max(lengths)} tokens); rollouts of those prompts are truncated")
 
 
 def load_reference(path: str, recipe: Recipe, accelerator: Accelerator) -> torch.nn.Module:

@@ -90,7 +90,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, chart_d
 
 def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, chart_data):
     recipe = small_recipe(chart_data, tmp_path / "run")
-    train(recipe, max_steps=2)
+    messages = []
+    train(recipe, max_steps=2, on_message=messages.append)
+    # small_recipe cuts rollouts at 12 tokens, shorter than every reference target: the user is told.
+    assert any("48 of 48 reference targets are longer than [rollout].max_new_tokens = 12" in m for m in messages)
     from dyme_cli.trainer import RunDirError
 
     with pytest.raises(RunDirError, match="--resume"):
@@ -161,3 +164,32 @@ def test_unreachable_hub_model_is_a_one_line_error(monkeypatch):
         load_policy("HuggingFaceTB/SmolVLM-256M-Instruct")
     assert "cannot load model 'HuggingFaceTB/SmolVLM-256M-Instruct'" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_eval_command_scores_a_checkpoint(tmp_path, chart_data, tiny_model_dir):
+    out = tmp_path / "eval.json"
+    data = chart_data / "test.jsonl"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_model_dir), "--data", str(data),
+                                 "--max-new-tokens", "8", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(out.read_text())
+    assert numbers["overall"]["n"] == 8
+    assert sum(k["n"] for k in numbers["by_kind"].values()) == 8
+    assert 0.0 <= numbers["overall"]["accuracy"] <= 1.0
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])
+def test_baselines_run_in_the_same_engine(tmp_path, chart_data, algorithm):
+    result = train(small_recipe(chart_data, tmp_path / algorithm, algorithm=algorithm), max_steps=2)
+    metrics = _records(result.run_dir / "metrics.jsonl")
+    traces = _records(result.run_dir / "traces.jsonl")
+    if algorithm == "sft":  # every prompt memorized, no rollouts sampled
+        assert all(m["n_memorize"] == 4 and m["accuracy"] is None for m in metrics)
+        assert {t["kind"] for t in traces} == {"target"} and len(traces) == 8
+    else:  # GRPO never memorizes, even when every rollout is wrong
+        assert all(m["n_memorize"] == 0 for m in metrics)
+        assert {t["kind"] for t in traces} == {"rollout"} and len(traces) == 2 * 4 * 2

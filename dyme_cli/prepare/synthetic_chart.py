@@ -151,7 +151,7 @@ def reference_trace(chart: Chart, question: Question, quality: Quality, rng: ran
     stated = _stated_values(chart, question, quality, rng)
     readings = ", ".join(f"{name} = {value}" for name, value in stated.items())
     if quality != "low":
-        return f"The chart shows {readings}. {question.conclusion}"
+        return f"{readings}. {question.conclusion}"
     order = list(stated.items())
     rng.shuffle(order)
     rambling = " and then ".join(f"the {name} one looks like about {value}" for name, value in order)
