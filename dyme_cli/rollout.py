@@ -102,12 +102,11 @@ def generate(
 
 
 def _completion(policy: Policy, ids: list[int]) -> Completion:
+    """Cut generated ids after the first end-of-sequence token (what follows is padding)."""
     stops = set(policy.eos_token_ids)
-    for i, token in enumerate(ids):
-        if token in stops:
-            kept = ids[: i + 1]
-            return Completion(kept, policy.tokenizer.decode(kept, skip_special_tokens=True), False)
-    return Completion(ids, policy.tokenizer.decode(ids, skip_special_tokens=True), True)
+    end = next((i + 1 for i, token in enumerate(ids) if token in stops), None)
+    kept = ids if end is None else ids[:end]
+    return Completion(kept, policy.tokenizer.decode(kept, skip_special_tokens=True), truncated=end is None)
 
 
 def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[int]) -> tuple[dict, int]:

@@ -41,6 +41,7 @@ class Question:
     text: str
     answer: str
     asked: tuple[str, ...]  # bars whose values the answer depends on
+    goal: str  # what the trace sets out to do, restated from the question
     conclusion: str  # the reasoning step that produces the answer, from true values
 
 
@@ -73,7 +74,8 @@ def render(chart: Chart, size: int) -> Image.Image:
 def _value(chart: Chart, rng: random.Random) -> Question:
     name = rng.choice(list(chart.values))
     v = chart.values[name]
-    return Question("value", f"What is the value of the {name} bar?", str(v), (name,), f"The {name} bar is {v}.")
+    text = f"What is the value of the {name} bar?"
+    return Question("value", text, str(v), (name,), f"Find the {name} bar.", f"The {name} bar is {v}.")
 
 
 def _extreme(largest: bool) -> Callable[[Chart, random.Random], Question]:
@@ -83,7 +85,8 @@ def _extreme(largest: bool) -> Callable[[Chart, random.Random], Question]:
         pick = max if largest else min
         name = pick(chart.values, key=chart.values.get)
         text = f"Which bar has the {word} value?"
-        return Question(word, text, name, tuple(chart.values), f"The {word} is {name} ({chart.values[name]}).")
+        conclusion = f"The {word} is {name} ({chart.values[name]})."
+        return Question(word, text, name, tuple(chart.values), f"Find the {word} bar.", conclusion)
 
     return make
 
@@ -95,7 +98,7 @@ def _difference(chart: Chart, rng: random.Random) -> Question:
     va, vb = chart.values[a], chart.values[b]
     text = f"How much larger is the {a} bar than the {b} bar?"
     steps = f"The {a} bar is {va} and the {b} bar is {vb}. {va} - {vb} = {va - vb}."
-    return Question("difference", text, str(va - vb), (a, b), steps)
+    return Question("difference", text, str(va - vb), (a, b), f"Compare the {a} and {b} bars.", steps)
 
 
 def _sum(chart: Chart, rng: random.Random) -> Question:
@@ -105,7 +108,8 @@ def _sum(chart: Chart, rng: random.Random) -> Question:
     for value in values[1:]:
         steps.append(f"{running} + {value} = {running + value}.")
         running += value
-    return Question("sum", "What is the sum of all bar values?", str(running), tuple(chart.values), " ".join(steps))
+    text = "What is the sum of all bar values?"
+    return Question("sum", text, str(running), tuple(chart.values), "Add up all bars.", " ".join(steps))
 
 
 QUESTION_MAKERS = {
@@ -151,7 +155,7 @@ def reference_trace(chart: Chart, question: Question, quality: Quality, rng: ran
     stated = _stated_values(chart, question, quality, rng)
     readings = ", ".join(f"{name} = {value}" for name, value in stated.items())
     if quality != "low":
-        return f"{readings}. {question.conclusion}"
+        return f"{question.goal} {readings}. {question.conclusion}"
     order = list(stated.items())
     rng.shuffle(order)
     rambling = " and then ".join(f"the {name} one looks like about {value}" for name, value in order)
