@@ -34,6 +34,7 @@ from .rollout import Completion, completion_logprobs, encode_prompt, generate, t
 from .traces import step_metrics, step_traces
 
 CHECKPOINT_PREFIX = "step-"
+PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) kept between steps
 STATE_FILE = "trainer_state.pt"
 
 
@@ -70,6 +71,8 @@ class Engine:
     accelerator: Accelerator
     reference: torch.nn.Module | None = None
     run_name: str = ""
+    prompt_cache: dict[str, dict] = field(default_factory=dict)
+    prompt_cache_bytes: int = 0
 
 
 @dataclass
@@ -95,7 +98,7 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
     train_cfg = recipe.train
     samples = [engine.samples[i] for i in prompt_indices(len(engine.samples), step, train_cfg.prompts_per_step, recipe.run.seed)]
     t0 = time.perf_counter()
-    prompts = [encode_prompt(policy, s) for s in samples]
+    prompts = [cached_prompt(engine, s) for s in samples]
     groups = sample_rollouts(engine, prompts)
     t1 = time.perf_counter()
     verdicts, errors = verify_groups(engine, samples, groups)
@@ -122,6 +125,19 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
         rewards=rewards, decisions=decisions, targets=targets,
     )
     return StepResult(metrics, traces)
+
+
+def cached_prompt(engine: Engine, sample: Sample) -> dict:
+    """Encoding a prompt (chat template, image processing) is deterministic: do it once per sample,
+    up to PROMPT_CACHE_BYTES of tensors."""
+    prompt = engine.prompt_cache.get(sample.id)
+    if prompt is None:
+        prompt = encode_prompt(engine.policy, sample)
+        size = sum(t.numel() * t.element_size() for t in prompt.values())
+        if engine.prompt_cache_bytes + size <= PROMPT_CACHE_BYTES:
+            engine.prompt_cache[sample.id] = prompt
+            engine.prompt_cache_bytes += size
+    return prompt
 
 
 def sample_rollouts(engine: Engine, prompts: list[dict]) -> list[list[Completion]]:
