@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dyme_cli.cli import app
+from dyme_cli.recipe import load_recipe
 from dyme_cli.trainer import train
 
 from conftest import REPO, small_recipe
@@ -22,6 +23,8 @@ def test_demo_recipe_three_steps(tmp_path, monkeypatch, chart_data):
     (tmp_path / "data").mkdir()
     shutil.copytree(chart_data, tmp_path / "data" / "chart")
     monkeypatch.chdir(tmp_path)
+    demo = load_recipe(REPO / "recipes" / "demo.toml")
+    prompts, k = demo.train.prompts_per_step, demo.rollout.num_generations
     result = runner.invoke(app, ["train", str(REPO / "recipes" / "demo.toml"), "--max-steps", "3", "--output", "run"])
     assert result.exit_code == 0, result.output
     assert "held-out accuracy before training" in result.output and "held-out accuracy after training" in result.output
@@ -30,13 +33,13 @@ def test_demo_recipe_three_steps(tmp_path, monkeypatch, chart_data):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for m in metrics:
-        assert m["n_memorize"] + m["n_explore"] + m["n_skip"] == 16
+        assert m["n_memorize"] + m["n_explore"] + m["n_skip"] == prompts
         assert m["frac_memorize"] + m["frac_explore"] + m["frac_skip"] == pytest.approx(1.0)
         assert {"loss", "lr", "grad_norm", "accuracy", "time_generate", "tokens_per_s", "zero_std_all_wrong"} <= set(m)
     traces = [json.loads(line) for line in (run / "traces.jsonl").read_text().splitlines()]
     rollouts = [t for t in traces if t["kind"] == "rollout"]
     targets = [t for t in traces if t["kind"] == "target"]
-    assert len(rollouts) == 3 * 16 * 4
+    assert len(rollouts) == 3 * prompts * k
     assert len(targets) == sum(m["n_memorize"] for m in metrics)
     assert all(t["target"].endswith("Answer: " + t["gold"]) and t["advantage"] == 1.0 for t in targets)
 
@@ -45,8 +48,10 @@ def test_demo_recipe_three_steps(tmp_path, monkeypatch, chart_data):
     checkpoint = run / "checkpoints" / "step-000003"
     model = AutoModelForImageTextToText.from_pretrained(checkpoint)
     AutoProcessor.from_pretrained(checkpoint)
-    saved = load_file(str(checkpoint / "model.safetensors"))
-    assert any(not torch.equal(saved[k], model.state_dict()[k]) is False for k in saved)
+    saved, state = load_file(str(checkpoint / "model.safetensors")), model.state_dict()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)  # reloaded exactly
+    base = load_file(str(run / "base-model" / "model.safetensors"))
+    assert any(not torch.equal(saved[k], base[k]) for k in saved)  # and training changed it
     assert "step 3" not in (run / "recipe.toml").read_text()  # the resolved recipe, not a log
     assert 'name = "tiny:smolvlm"' in (run / "recipe.toml").read_text()
 
@@ -159,7 +164,9 @@ def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, chart_data):
 def test_unreachable_hub_model_is_a_one_line_error(monkeypatch):
     from dyme_cli.modeling import ModelLoadError, load_policy
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network in tests
     with pytest.raises(ModelLoadError) as info:
         load_policy("HuggingFaceTB/SmolVLM-256M-Instruct")
     assert "cannot load model 'HuggingFaceTB/SmolVLM-256M-Instruct'" in str(info.value)
