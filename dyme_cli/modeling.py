@@ -177,5 +177,5 @@ def _pad_id(tokenizer) -> int:
 
 def save_policy(policy: Policy, out_dir: Path, model: torch.nn.Module | None = None) -> None:
     """Save the (unwrapped) model as safetensors and the processor next to it."""
-    (model or policy.model).save_pretrained(out_dir, safe_serialization=True)
+    (policy.model if model is None else model).save_pretrained(out_dir, safe_serialization=True)
     policy.processor.save_pretrained(out_dir)
