@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 prepare_app = typer.Typer(help="Build datasets in dyme's JSONL schema.", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
+verifiers_app = typer.Typer(help="Verifier plugins: list the installed ones, check and calibrate one.", no_args_is_help=True)
+app.add_typer(verifiers_app, name="verifiers")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -174,6 +176,7 @@ def eval_command(
     from .evaluate import evaluate
     from .modeling import ModelLoadError, load_policy
     from .plugins import VerifierError, load_verifiers
+    from .verify_pool import VerifierPool
 
     _quiet_transformers()
     try:
@@ -182,9 +185,9 @@ def eval_command(
         policy = load_policy(str(checkpoint))
     except (DataError, ModelLoadError, VerifierError) as exc:
         _fail(str(exc))
-    with _progress() as progress:
+    with _progress() as progress, VerifierPool(verifiers) as pool:
         task = progress.add_task("evaluating", total=len(samples), stats="")
-        report = evaluate(policy, samples, verifiers, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        report = evaluate(policy, samples, pool, max_new_tokens=max_new_tokens, batch_size=batch_size,
                           on_batch=lambda n: progress.advance(task, n))
     table = Table(title=f"{checkpoint} on {data}")
     for column in ("kind", "n", "accuracy", "format", "mean tokens", "truncated"):
@@ -196,6 +199,128 @@ def eval_command(
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps(numbers, indent=2), encoding="utf-8")
+
+
+@verifiers_app.command("list")
+def verifiers_list(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array instead of a table."),
+) -> None:
+    """Installed verifier plugins (entry-point group dyme.verifiers): name, package, version, description."""
+    from dataclasses import asdict
+
+    from .plugins import installed_verifiers, plugin_info
+
+    infos = [plugin_info(ep) for _, ep in sorted(installed_verifiers().items())]
+    if as_json:
+        print(json.dumps([asdict(info) for info in infos], indent=2, default=repr))
+        return
+    table = Table(title="verifier plugins (entry-point group dyme.verifiers)")
+    for column in ("name", "package", "version", "description", "options"):
+        table.add_column(column, overflow="fold")  # names are never cut short on a narrow terminal
+    for info in infos:
+        description = f"[red]cannot load: {escape(info.error)}[/]" if info.error else escape(info.description)
+        options = ", ".join(f"{k}={v!r}" for k, v in info.options.items())
+        table.add_row(info.name, info.package, info.version, description, escape(options))
+    console.print(table)
+
+
+@verifiers_app.command("check")
+def verifiers_check(
+    name: str = typer.Argument(..., help="Verifier name, as in `dyme verifiers list`."),
+    cases: Optional[Path] = typer.Option(
+        None, "--cases", help='JSONL of {"completion": ..., "sample": {...}, "expect": true|false}.'),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Score gold and perturbed completions built from --data."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset (JSONL schema) for --calibrate."),
+    options: list[str] = typer.Option([], "--option", help="Verifier option as KEY=VALUE (VALUE read as JSON if it parses); repeatable."),
+    answer_flag: str = typer.Option("Answer:", "--answer-flag", help="Text that introduces the final answer."),
+    timeout_s: float = typer.Option(5.0, "--timeout", min=0.01, help="Seconds allowed per verify call."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of tables."),
+) -> None:
+    """Run a verifier on hand-written cases (exit 1 on any disagreement with `expect`), or calibrate it."""
+    from .checking import calibrate as run_calibration, check_cases, read_cases
+    from .data import DataError, read_samples
+    from .plugins import VerifierError, load_verifier
+    from .verify_pool import VerifierPool
+
+    if (cases is None) == (not calibrate):
+        _fail("give either --cases FILE.jsonl or --calibrate --data FILE.jsonl")
+    if calibrate and data is None:
+        _fail("--calibrate needs --data FILE.jsonl")
+    try:
+        verifier = load_verifier(name, answer_flag, _parse_options(options))
+        loaded = read_cases(cases, name) if cases else read_samples(data)
+    except (VerifierError, DataError, ValueError) as exc:
+        _fail(str(exc))
+    with VerifierPool({name: verifier}, timeout_s=timeout_s, workers=2) as pool:
+        if calibrate:
+            _print_calibration(name, run_calibration(pool, name, loaded, answer_flag).to_dict(), as_json)
+            return
+        results = check_cases(pool, name, loaded)
+    _print_case_results(name, results, as_json)
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option '{pair}': expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _print_case_results(name: str, results, as_json: bool) -> None:
+    from .checking import case_summary
+
+    summary = case_summary(results)
+    if as_json:
+        for r in results:
+            print(json.dumps({"correct": r.verdict.correct, "answer": r.verdict.answer, "rewards": r.verdict.rewards,
+                              "detail": r.verdict.detail, "expect": r.case.expect, "agrees": r.agrees}))
+        print(json.dumps({"summary": summary}))
+    else:
+        table = Table(title=f"verifier '{name}'")
+        for column in ("#", "expect", "correct", "answer", "format", "accuracy", "thinking", "detail"):
+            table.add_column(column)
+        for i, r in enumerate(results, start=1):
+            mark = "" if r.agrees is None else (" [green]ok[/]" if r.agrees else " [red]DISAGREES[/]")
+            expect = "-" if r.case.expect is None else str(r.case.expect).lower()
+            table.add_row(str(i), expect + mark, str(r.verdict.correct).lower(), escape(repr(r.verdict.answer)),
+                          *(f"{r.verdict.rewards.get(k, 0.0):.2f}" for k in ("format", "accuracy", "thinking")),
+                          escape(r.verdict.detail))
+        console.print(table)
+        console.print(f"{summary['cases']} cases, {summary['with_expect']} with an expected verdict: "
+                      f"{summary['agree']} agree, {summary['false_positives']} false positives, "
+                      f"{summary['false_negatives']} false negatives, {summary['errors']} verifier errors")
+    if summary["agree"] < summary["with_expect"]:
+        raise typer.Exit(1)
+
+
+def _print_calibration(name: str, report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"calibration of verifier '{name}' on {report['samples']} samples")
+    for column in ("completion", "tried", "accepted", "rate"):
+        table.add_column(column, justify="right")
+    accepted_gold = report["samples"] - report["gold_rejected"]
+    table.add_row("gold (must be accepted)", str(report["samples"]), str(accepted_gold),
+                  f"{accepted_gold / max(report['samples'], 1):.1%}")
+    for kind, row in report["perturbations"].items():
+        if row["tried"]:
+            table.add_row(f"{kind} (must be rejected)", str(row["tried"]), str(row["accepted"]), f"{row['rate']:.1%}")
+    console.print(table)
+    console.print(f"false-negative rate (gold rejected): [bold]{report['false_negative_rate']:.1%}[/]   "
+                  f"false-positive rate (perturbations accepted): [bold]{report['false_positive_rate']:.1%}[/]"
+                  + (f"   verifier errors: {report['errors']}" if report["errors"] else ""))
+    for example in report["gold_rejected_examples"]:
+        console.print(f"  gold rejected: {escape(example['id'])}: {escape(example['detail'])}")
+    for example in report["accepted_examples"]:
+        console.print(f"  {example['perturbation']} accepted: {escape(example['id'])}: "
+                      f"{escape(repr(example['answer']))} for gold {escape(repr(example['gold']))} ({escape(example['detail'])})")
 
 
 def main() -> None:

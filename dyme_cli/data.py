@@ -60,24 +60,34 @@ def read_samples(path: Path) -> list[Sample]:
     return samples
 
 
-def _parse_line(path: Path, lineno: int, line: str) -> Sample:
+def json_object(line: str, where: str) -> dict:
+    """One JSONL line as a dict; DataError naming `where` (file:line) otherwise."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(record, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object")
-    try:
-        sample = Sample.model_validate(record)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise DataError(f"{path}:{lineno}: field '{field}': {err['msg']}") from None
+        raise DataError(f"{where}: expected a JSON object")
+    return record
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Sample:
+    sample = validate_sample(json_object(line, f"{path}:{lineno}"), f"{path}:{lineno}")
     sample.root = path.parent
     for image in sample.image_paths():
         if not image.is_file():
             raise DataError(f"{path}:{lineno}: field 'images': file not found: {image}")
     return sample
+
+
+def validate_sample(record: dict, where: str, prefix: str = "") -> Sample:
+    """A Sample from a JSON object; DataError names `where` and the first bad field (after `prefix`)."""
+    try:
+        return Sample.model_validate(record)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise DataError(f"{where}: field '{prefix}{field}': {err['msg']}") from None
 
 
 def write_samples(path: Path, samples: Iterable[Sample]) -> int:

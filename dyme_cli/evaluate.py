@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 
 from .data import Sample
 from .modeling import Policy
-from .plugins import safe_verify
 from .rollout import encode_prompt, generate
+from .verify_pool import VerifierPool
 
 
 @dataclass
@@ -54,7 +54,7 @@ class EvalReport:
 def evaluate(
     policy: Policy,
     samples: Sequence[Sample],
-    verifiers: dict,
+    verifiers: VerifierPool,
     *,
     max_new_tokens: int,
     batch_size: int = 32,
@@ -68,8 +68,8 @@ def evaluate(
         groups = generate(
             policy, prompts, num_generations=1, max_new_tokens=max_new_tokens, greedy=True, batch_size=batch_size
         )
-        for sample, (completion,) in zip(chunk, groups):
-            verdict, _ = safe_verify(verifiers[sample.task], completion.text, sample)
+        results = verifiers.verify([(s.task, completion.text, s) for s, (completion,) in zip(chunk, groups)])
+        for sample, (completion,), (verdict, _) in zip(chunk, groups, results):
             args = (verdict.correct, verdict.rewards.get("format", 0.0) >= 1.0, len(completion.ids), completion.truncated)
             report.overall.add(*args)
             report.by_kind[str(sample.meta.get("kind", sample.task))].add(*args)

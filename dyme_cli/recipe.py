@@ -99,8 +99,9 @@ class OptimSection(_Section):
 
 class VerifierSection(_Section):
     answer_flag: str = Field("Answer:", min_length=1)
-    timeout_s: float = Field(5.0, gt=0)
-    options: dict[str, Any] = {}
+    timeout_s: float = Field(5.0, gt=0, description="per verify call; a slower call counts as a failed verdict")
+    workers: int = Field(2, ge=1, description="verifier worker processes")
+    options: dict[str, dict[str, Any]] = Field({}, description="verifier name -> its options")
 
 
 class RunSection(_Section):

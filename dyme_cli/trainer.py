@@ -29,14 +29,16 @@ from .dyme import Mode
 from .evaluate import EvalReport, evaluate
 from .losses import StepTotals, policy_loss
 from .modeling import Policy, load_policy, resolve_model_path, save_policy
-from .plugins import load_verifiers, safe_verify
+from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
 from .rollout import Completion, completion_logprobs, encode_prompt, generate, target_ids, with_completion
 from .traces import step_metrics, step_traces
+from .verify_pool import VerifierPool
 
 CHECKPOINT_PREFIX = "step-"
 PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) kept between steps
 STATE_FILE = "trainer_state.pt"
+FAILURE_REPORTS = 3  # steps with verifier failures reported as messages; later ones are only counted
 
 
 class RunDirError(RuntimeError):
@@ -66,7 +68,7 @@ class Engine:
     recipe: Recipe
     policy: Policy
     samples: list[Sample]
-    verifiers: dict
+    verifiers: VerifierPool
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     accelerator: Accelerator
@@ -80,6 +82,7 @@ class Engine:
 class StepResult:
     metrics: dict
     traces: list[dict] = field(default_factory=list)
+    verifier_failures: list[str] = field(default_factory=list)  # details of verify calls that raised or timed out
 
 
 @dataclass
@@ -102,7 +105,7 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
     prompts = [cached_prompt(engine, s) for s in samples]
     groups = sample_rollouts(engine, prompts)
     t1 = time.perf_counter()
-    verdicts, errors = verify_groups(engine, samples, groups)
+    verdicts, failures = verify_groups(engine, samples, groups)
     rewards = [[dyme.total_reward(v.rewards, train_cfg.reward_weights) for v in group] for group in verdicts]
     correct = [[v.correct for v in group] for group in verdicts]
     decisions = dyme.decide(
@@ -119,13 +122,13 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
     metrics = step_metrics(
         step=step, groups=groups, verdicts=verdicts, rewards=rewards, decisions=decisions, rows=rows,
-        update_stats=update_stats, timing=timing, verifier_errors=errors, lr=engine.scheduler.get_last_lr()[0],
+        update_stats=update_stats, timing=timing, verifier_errors=len(failures), lr=engine.scheduler.get_last_lr()[0],
     )
     traces = step_traces(
         run=engine.run_name, step=step, samples=samples, groups=groups, verdicts=verdicts,
         rewards=rewards, decisions=decisions, targets=targets,
     )
-    return StepResult(metrics, traces)
+    return StepResult(metrics, traces, failures)
 
 
 def cached_prompt(engine: Engine, sample: Sample) -> dict:
@@ -153,16 +156,12 @@ def sample_rollouts(engine: Engine, prompts: list[dict]) -> list[list[Completion
 
 
 def verify_groups(engine: Engine, samples: Sequence[Sample], groups):
-    verdicts, errors = [], 0
-    for sample, group in zip(samples, groups):
-        verifier = engine.verifiers[sample.task]
-        group_verdicts = []
-        for completion in group:
-            verdict, failed = safe_verify(verifier, completion.text, sample)
-            errors += failed
-            group_verdicts.append(verdict)
-        verdicts.append(group_verdicts)
-    return verdicts, errors
+    """Verdicts grouped like the rollouts, and the details of the calls that failed."""
+    jobs = [(sample.task, completion.text, sample) for sample, group in zip(samples, groups) for completion in group]
+    results = iter(engine.verifiers.verify(jobs))
+    verdicts = [[next(results) for _ in group] for group in groups]
+    failures = [verdict.detail for group in verdicts for verdict, failed in group if failed]
+    return [[verdict for verdict, _ in group] for group in verdicts], failures
 
 
 def memorization_target(policy: Policy, sample: Sample, answer_flag: str) -> tuple[str, list[int]]:
@@ -410,8 +409,15 @@ def train(
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
     policy.model.train()
     reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
-    engine = Engine(recipe, policy, samples, verifiers, optimizer, scheduler, accelerator, reference, run_dir.name)
+    pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
+    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, reference, run_dir.name)
+    with pool:
+        return run_steps(engine, run_dir, checkpoints, test_samples, total, on_step, on_message)
 
+
+def run_steps(engine: Engine, run_dir: Path, checkpoints: list[Path], test_samples: list[Sample], total: int,
+              on_step: Callable[[int, int, dict], None] | None, on_message: Callable[[str], None]) -> TrainResult:
+    recipe = engine.recipe
     metrics_path, traces_path = run_dir / "metrics.jsonl", run_dir / "traces.jsonl"
     start = 0
     if checkpoints:
@@ -424,11 +430,13 @@ def train(
     if recipe.run.eval_before and test_samples and start == 0:
         result.before = run_eval(engine, test_samples)
 
+    failure_reports = 0
     with StopRequest() as stop:
         for step in range(start + 1, total + 1):
             outcome = dyme_step(engine, step)
             append_jsonl(metrics_path, [outcome.metrics])
             append_jsonl(traces_path, outcome.traces)
+            failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
             result.steps = step
             if step % recipe.run.save_every == 0 or step == total:
                 result.checkpoint = save_checkpoint(engine, run_dir, step)
@@ -442,6 +450,16 @@ def train(
     if recipe.run.eval_after and test_samples:
         result.after = run_eval(engine, test_samples)
     return result
+
+
+def report_verifier_failures(step: int, failures: list[str], reported: int, on_message: Callable[[str], None]) -> int:
+    """Say so when verifier calls fail (raise or time out), for the first few steps where it happens."""
+    if failures and reported < FAILURE_REPORTS:
+        on_message(f"step {step}: {len(failures)} verifier call(s) failed and count as wrong answers; first: {failures[0]}")
+        reported += 1
+        if reported == FAILURE_REPORTS:
+            on_message("further verifier failures are only counted (verifier_errors in metrics.jsonl)")
+    return reported
 
 
 def warn_long_targets(policy: Policy, samples: list[Sample], recipe: Recipe, on_message: Callable[[str], None]) -> None:

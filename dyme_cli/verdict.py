@@ -1,6 +1,7 @@
 """What a verifier returns, and the answer-flag rules every verifier shares.
 
-A plugin may import these helpers: `from dyme_cli.verdict import Verdict, split_completion`.
+A plugin may subclass `AnswerVerifier` (it implements the shared rules and asks only for `matches`), or
+use the helpers directly: `from dyme_cli.verdict import Verdict, split_completion, format_reward`.
 """
 
 from __future__ import annotations
@@ -74,3 +75,46 @@ def thinking_reward(thinking: str, sample) -> float:
         return 0.0
     precision, recall = overlap / len(predicted), overlap / len(gold)
     return 2 * precision * recall / (precision + recall)
+
+
+@dataclass(frozen=True)
+class Match:
+    """How a predicted answer compares with the gold one."""
+
+    correct: bool
+    detail: str
+    accuracy: float | None = None  # the accuracy reward; None means 1.0 if correct else 0.0
+
+
+class AnswerVerifier:
+    """The shared rules: answer after the last flag, `format` and `thinking` rewards, no answer -> incorrect.
+
+    Subclasses set `name` and `description` and implement `matches(predicted, gold, sample)`; they may
+    override `extract` to find the answer another way (math also reads a final `\\boxed{...}`).
+    """
+
+    name = ""
+    description = ""
+
+    def __init__(self, answer_flag: str = "Answer:"):
+        if not answer_flag.strip():
+            raise ValueError("answer_flag must not be empty")
+        self.answer_flag = answer_flag
+
+    def extract(self, split: SplitCompletion) -> str | None:
+        return split.answer
+
+    def matches(self, predicted: str, gold: str, sample) -> Match:
+        raise NotImplementedError
+
+    def verify(self, completion: str, sample) -> Verdict:
+        split = split_completion(completion, self.answer_flag)
+        rewards = {"format": format_reward(split), "accuracy": 0.0, "thinking": thinking_reward(split.thinking, sample)}
+        answer = self.extract(split)
+        if answer is None:
+            return Verdict(False, None, rewards, f"no '{self.answer_flag}' in the completion")
+        if not answer:
+            return Verdict(False, answer, rewards, f"nothing after '{self.answer_flag}'")
+        match = self.matches(answer, str(sample.answer), sample)
+        rewards["accuracy"] = float(match.correct) if match.accuracy is None else match.accuracy
+        return Verdict(match.correct, answer, rewards, match.detail)

@@ -8,6 +8,13 @@ from dyme_cli.prepare.synthetic_chart import generate
 from dyme_cli.recipe import TinyModel, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
+PLUGINS = Path(__file__).resolve().parent / "plugins"  # a third-party verifier distribution (*.dist-info + module)
+
+
+@pytest.fixture
+def example_plugin(monkeypatch) -> None:
+    """Make the example third-party plugin visible to importlib.metadata, as if it were pip-installed."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from dyme_cli.verdict import Verdict, format_reward, split_completion, thinking_reward
+from dyme_cli.verdict import AnswerVerifier, Match
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
 
@@ -33,39 +33,30 @@ def _is_year(value: float) -> bool:
     return value.is_integer() and 1000 <= value <= 2100
 
 
-class ChartVerifier:
+class ChartVerifier(AnswerVerifier):
     name = "chart"
     description = "Chart QA relaxed accuracy: numbers within 5% of the gold, text exact (case-insensitive)."
 
     def __init__(self, answer_flag: str = "Answer:", tolerance: float = 0.05, exact_years: bool = True):
+        super().__init__(answer_flag)
         if tolerance < 0:
             raise ValueError("tolerance must be >= 0")
-        self.answer_flag = answer_flag
         self.tolerance = tolerance
         self.exact_years = exact_years
 
-    def verify(self, completion: str, sample) -> Verdict:
-        split = split_completion(completion, self.answer_flag)
-        rewards = {"format": format_reward(split), "accuracy": 0.0, "thinking": thinking_reward(split.thinking, sample)}
-        if split.answer is None:
-            return Verdict(False, None, rewards, f"no '{self.answer_flag}' in the completion")
-        correct, why = self.matches(split.answer, str(sample.answer))
-        rewards["accuracy"] = 1.0 if correct else 0.0
-        return Verdict(correct, split.answer, rewards, why)
-
-    def matches(self, predicted: str, gold: str) -> tuple[bool, str]:
+    def matches(self, predicted: str, gold: str, sample=None) -> Match:
         gold_num, pred_num = _as_number(gold), _as_number(predicted)
         if gold_num is None or pred_num is None:
             same = predicted.strip().lower() == gold.strip().lower()
-            return same, "exact match" if same else f"'{predicted}' != '{gold}'"
+            return Match(same, "exact match" if same else f"'{predicted}' != '{gold}'")
         (g, g_pct), (p, p_pct) = gold_num, pred_num
         if self.exact_years and _is_year(g) and not g_pct:
-            return p == g, "year matches" if p == g else f"year {predicted} != {gold}"
+            return Match(p == g, "year matches" if p == g else f"year {predicted} != {gold}")
         candidates = {p, p * 100, p / 100} if g_pct != p_pct else {p}
         for candidate in candidates:
             if self._close(candidate, g):
-                return True, f"{predicted} within {self.tolerance:.0%} of {gold}"
-        return False, f"{predicted} not within {self.tolerance:.0%} of {gold}"
+                return Match(True, f"{predicted} within {self.tolerance:.0%} of {gold}")
+        return Match(False, f"{predicted} not within {self.tolerance:.0%} of {gold}")
 
     def _close(self, predicted: float, gold: float) -> bool:
         if gold == 0:

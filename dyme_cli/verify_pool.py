@@ -1,0 +1,143 @@
+"""Verifier calls in worker processes, each under a deadline.
+
+A plugin that raises or hangs must not stop training, and the deadline has to hold whichever thread asks
+(math-verify's own timeout uses `signal.alarm`, which only works in the main thread). So every call runs in a
+worker process: a call past its deadline kills its worker, which is replaced, and, like a call that raised,
+becomes an incorrect verdict with zero rewards whose `detail` names the problem. The caller counts them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Sequence
+
+from .verdict import Verdict
+
+Job = tuple[str, str, Any]  # (verifier name, completion, sample)
+
+
+def failed_verdict(detail: str) -> Verdict:
+    return Verdict(False, None, {"format": 0.0, "accuracy": 0.0}, detail)
+
+
+def _serve(conn: Connection, verifiers: dict) -> None:
+    """Worker loop: verify each job received, send back (verdict, None) or (None, error)."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        name, completion, sample = job
+        try:
+            result = (verifiers[name].verify(completion, sample), None)
+        except Exception as exc:  # a plugin's bug becomes a failed verdict in the parent
+            result = (None, f"verifier '{name}' raised {type(exc).__name__}: {exc}")
+        try:
+            conn.send(result)
+        except Exception as exc:
+            conn.send((None, f"verifier '{name}' returned a result that cannot be sent back: {exc}"))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    job: int | None = None
+    deadline: float = 0.0
+
+
+class VerifierPool:
+    """Runs `verify` for many jobs on `workers` processes, each call limited to `timeout_s` seconds.
+
+    Verifier instances are pickled into the workers, so they must be picklable (plain attributes).
+    Workers start on first use and are reused until `close()`.
+    """
+
+    def __init__(self, verifiers: dict[str, Any], timeout_s: float = 5.0, workers: int = 1):
+        self.verifiers = verifiers
+        self.timeout_s = timeout_s
+        self.size = max(1, workers)
+        self._context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        self._workers: list[_Worker] = []
+
+    def __enter__(self) -> "VerifierPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def verify(self, jobs: Sequence[Job]) -> list[tuple[Verdict, bool]]:
+        """(verdict, failed) per job, in order; failed means the plugin raised, hung or died."""
+        results: list[tuple[Verdict, bool] | None] = [None] * len(jobs)
+        pending = deque(range(len(jobs)))
+        while len(self._workers) < min(self.size, len(jobs)):
+            self._workers.append(self._start())
+        while pending or any(w.job is not None for w in self._workers):
+            for worker in self._workers:
+                if worker.job is None and pending:
+                    self._assign(worker, pending.popleft(), jobs)
+            busy = [w for w in self._workers if w.job is not None]
+            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            ready = wait([w.conn for w in busy], timeout=timeout)
+            for worker in busy:
+                index = worker.job
+                if worker.conn in ready:
+                    results[index] = self._collect(worker, jobs[index][0])
+                elif time.monotonic() >= worker.deadline:
+                    results[index] = (failed_verdict(f"verifier '{jobs[index][0]}' timed out after {self.timeout_s:g} s"), True)
+                    self._replace(worker)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            self._stop(worker, graceful=True)
+        self._workers = []
+
+    def _start(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_serve, args=(child, self.verifiers), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def _assign(self, worker: _Worker, index: int, jobs: Sequence[Job]) -> None:
+        worker.conn.send(jobs[index])
+        worker.job = index
+        worker.deadline = time.monotonic() + self.timeout_s
+
+    def _collect(self, worker: _Worker, name: str) -> tuple[Verdict, bool]:
+        try:
+            verdict, error = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.process.join(1)
+            code = worker.process.exitcode
+            self._replace(worker)
+            return failed_verdict(f"verifier '{name}' worker exited (code {code})"), True
+        worker.job = None
+        if error is not None:
+            return failed_verdict(error), True
+        return verdict, False
+
+    def _replace(self, worker: _Worker) -> None:
+        self._stop(worker, graceful=False)
+        fresh = self._start()
+        worker.process, worker.conn, worker.job = fresh.process, fresh.conn, None
+
+    @staticmethod
+    def _stop(worker: _Worker, graceful: bool) -> None:
+        if graceful and worker.process.is_alive():
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+            worker.process.join(0.5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()

@@ -1,0 +1,48 @@
+"""A third-party verifier package, as someone would publish it: it depends only on dyme's public helpers.
+
+`exact` is the example plugin. `hang`, `crash` and `die` misbehave on purpose, to test that the engine
+survives plugins that never return, raise, or kill their process.
+"""
+
+import os
+import time
+
+from dyme_cli.verdict import AnswerVerifier, Match
+
+
+class ExactVerifier(AnswerVerifier):
+    name = "exact"
+    description = "Character-exact match with the gold answer (example third-party plugin)."
+
+    def __init__(self, answer_flag: str = "Answer:", strip: bool = True):
+        super().__init__(answer_flag)
+        self.strip = strip
+
+    def matches(self, predicted, gold, sample):
+        if self.strip:
+            predicted, gold = predicted.strip(), gold.strip()
+        return Match(predicted == gold, f"exact: {predicted!r} vs {gold!r}")
+
+
+class HangingVerifier(ExactVerifier):
+    name = "hang"
+    description = "Never returns."
+
+    def verify(self, completion, sample):
+        time.sleep(3600)
+
+
+class RaisingVerifier(ExactVerifier):
+    name = "crash"
+    description = "Raises on every call."
+
+    def verify(self, completion, sample):
+        raise RuntimeError("boom")
+
+
+class ExitingVerifier(ExactVerifier):
+    name = "die"
+    description = "Kills its own process."
+
+    def verify(self, completion, sample):
+        os._exit(3)

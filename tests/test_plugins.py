@@ -1,0 +1,119 @@
+"""Plugin discovery and options: a third-party distribution is found through the entry-point group exactly
+like the built-ins, listed by `dyme verifiers list`, and used by a training step by name."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dyme_cli import cli
+from dyme_cli.cli import app
+from dyme_cli.data import Sample, read_samples, write_samples
+from dyme_cli.plugins import VerifierError, load_verifier, load_verifiers, validate_options
+from dyme_cli.trainer import train
+
+from conftest import REPO, small_recipe
+
+runner = CliRunner()
+
+
+def test_list_shows_builtins_and_the_third_party_plugin(example_plugin, monkeypatch):
+    result = runner.invoke(app, ["verifiers", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {p["name"]: p for p in json.loads(result.output)}
+    assert {"chart", "math", "medvqa", "exact"} <= set(listed)
+    assert listed["exact"]["package"] == "dyme-example-plugin" and listed["exact"]["version"] == "0.1.0"
+    assert listed["exact"]["options"] == {"strip": True}
+    assert listed["chart"]["package"] == "dyme-cli" and listed["chart"]["options"] == {"tolerance": 0.05, "exact_years": True}
+    assert all(p["error"] is None and p["description"] for p in listed.values())
+    monkeypatch.setattr(cli.console, "width", 250)
+    table = runner.invoke(app, ["verifiers", "list"]).output
+    assert "dyme-example-plugin" in table and "Character-exact match with the gold answer" in table
+
+
+def test_list_without_the_plugin_does_not_show_it():
+    result = runner.invoke(app, ["verifiers", "list", "--json"])
+    assert "exact" not in {p["name"] for p in json.loads(result.output)}
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("chart", {"tolerence": 0.1}, "[verifier.options.chart].tolerence: unknown option (options: tolerance, exact_years)"),
+        ("chart", {"tolerance": "lots"}, "[verifier.options.chart].tolerance: Input should be a valid number"),
+        ("chart", {"tolerance": -1}, "[verifier.options.chart]: tolerance must be >= 0"),
+        ("medvqa", {"open_recall": 0}, "[verifier.options.medvqa]: "),
+    ],
+)
+def test_bad_options_are_one_line_errors_naming_the_key(name, options, message):
+    with pytest.raises(VerifierError) as info:
+        load_verifier(name, options=options)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_options_are_validated_and_converted():
+    assert load_verifier("chart", options={"tolerance": "0.2"}).tolerance == 0.2
+    verifiers = load_verifiers(["chart", "medvqa"], "Answer:", {"chart": {"exact_years": False}})
+    assert verifiers["chart"].exact_years is False and verifiers["medvqa"].open_recall == 1.0
+    with pytest.raises(VerifierError, match=r"\[verifier.options.nope\]: unknown verifier 'nope'"):
+        load_verifiers(["chart"], "Answer:", {"nope": {}})
+
+
+def _data_for(task, chart_data, tmp_path):
+    """The chart data relabelled so that `task` verifies it."""
+    samples = read_samples(chart_data / "train.jsonl")[:8]
+    for s in samples:
+        s.task = task
+    path = tmp_path / "data" / "train.jsonl"
+    write_samples(path, samples)
+    for image in {i for s in samples for i in s.images}:
+        (path.parent / image).parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / image).write_bytes((chart_data / image).read_bytes())
+    return path
+
+
+def _recipe(chart_data, tmp_path, task, **verifier):
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=1)
+    recipe.data.train, recipe.data.test = _data_for(task, chart_data, tmp_path), None
+    for key, value in verifier.items():
+        setattr(recipe.verifier, key, value)
+    return recipe
+
+
+def test_a_training_step_uses_the_third_party_plugin_by_name(example_plugin, chart_data, tmp_path):
+    recipe = _recipe(chart_data, tmp_path, "exact", options={"exact": {"strip": True}})
+    result = train(recipe)
+    assert result.steps == 1
+    traces = [json.loads(line) for line in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
+    rollouts = [t for t in traces if t["kind"] == "rollout"]
+    assert rollouts and all(t["task"] == "exact" for t in rollouts)
+    assert all(t["detail"].startswith("exact: ") or t["detail"].startswith("no 'Answer:'") or
+               t["detail"].startswith("nothing after") for t in rollouts)
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert metrics["verifier_errors"] == 0
+
+
+def test_a_hanging_plugin_does_not_stop_training(example_plugin, chart_data, tmp_path):
+    recipe = _recipe(chart_data, tmp_path, "hang", timeout_s=0.5)
+    messages = []
+    result = train(recipe, on_message=messages.append)
+    assert result.steps == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    rollouts = recipe.train.prompts_per_step * recipe.rollout.num_generations
+    assert metrics["verifier_errors"] == rollouts and metrics["accuracy"] == 0.0
+    assert metrics["n_memorize"] == recipe.train.prompts_per_step  # nothing correct: every prompt memorizes
+    assert any(f"{rollouts} verifier call(s) failed" in m and "timed out after 0.5 s" in m for m in messages)
+
+
+def test_the_readme_plugin_example_works():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Writing a verifier plugin"):]
+    code = section[section.index("```python") + len("```python"): section.index("```\n", section.index("```python") + 9)]
+    namespace: dict = {}
+    exec(compile(code, "README example", "exec"), namespace)
+    verifier = namespace["UnitsVerifier"]()
+    sample = Sample(id="s", task="units", question="q", answer="3000 m")
+    assert verifier.verify("3 km is 3000 m. Answer: 3 km", sample).correct
+    assert not verifier.verify("Answer: 3 m", sample).correct
+    assert not verifier.verify("Answer: three", sample).correct
+    assert validate_options("units", namespace["UnitsVerifier"], {"relative_tolerance": "0.1"}) == {"relative_tolerance": 0.1}

@@ -1,0 +1,75 @@
+"""Verifier calls run in worker processes under a deadline: hangs, exceptions and crashes become failed
+verdicts, from whichever thread asks, and the pool keeps working afterwards."""
+
+import threading
+import time
+
+import pytest
+
+from dyme_cli.data import Sample
+from dyme_cli.plugins import load_verifier
+from dyme_cli.verify_pool import VerifierPool
+
+
+def _sample(answer="5"):
+    return Sample(id="s", task="exact", question="q", answer=answer)
+
+
+@pytest.fixture
+def pool(example_plugin):
+    names = ("exact", "hang", "crash", "die")
+    with VerifierPool({n: load_verifier(n) for n in names}, timeout_s=1.0, workers=2) as pool:
+        yield pool
+
+
+def _in_thread(fn):
+    """Run fn in a non-main thread (where signal.alarm-based timeouts cannot work) and return its result."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", fn()))
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    return box["result"]
+
+
+def test_results_keep_job_order_across_workers(pool):
+    jobs = [("exact", f"x. Answer: {i % 3}", _sample("1")) for i in range(12)]
+    results = pool.verify(jobs)
+    assert [v.correct for v, _ in results] == [i % 3 == 1 for i in range(12)]
+    assert not any(failed for _, failed in results)
+
+
+def test_a_hanging_plugin_times_out_from_a_worker_thread_and_the_pool_recovers(pool):
+    start = time.monotonic()
+    results = _in_thread(lambda: pool.verify([
+        ("hang", "x. Answer: 5", _sample()), ("exact", "x. Answer: 5", _sample()), ("hang", "Answer: 5", _sample()),
+    ]))
+    elapsed = time.monotonic() - start
+    (hung, hung_failed), (ok, ok_failed), (hung2, _) = results
+    assert hung_failed and not hung.correct and hung.rewards == {"format": 0.0, "accuracy": 0.0}
+    assert hung.detail == "verifier 'hang' timed out after 1 s" and hung2.detail == hung.detail
+    assert ok.correct and not ok_failed
+    assert elapsed < 30  # the two hangs ran side by side on two workers, each cut at 1 s (plus restarts)
+    again = pool.verify([("exact", "x. Answer: 5", _sample())])
+    assert again[0][0].correct  # the replaced workers serve new calls
+
+
+def test_an_exception_becomes_a_failed_verdict_naming_it(pool):
+    (verdict, failed), = _in_thread(lambda: pool.verify([("crash", "x. Answer: 5", _sample())]))
+    assert failed and not verdict.correct and verdict.answer is None
+    assert verdict.detail == "verifier 'crash' raised RuntimeError: boom"
+
+
+def test_a_plugin_that_kills_its_process_is_contained(pool):
+    (dead, failed), (ok, _) = pool.verify([("die", "x. Answer: 5", _sample()), ("exact", "x. Answer: 5", _sample())])
+    assert failed and dead.detail == "verifier 'die' worker exited (code 3)"
+    assert ok.correct
+
+
+def test_math_verifier_in_a_pool_from_a_worker_thread():
+    with VerifierPool({"math": load_verifier("math")}, timeout_s=30) as pool:
+        results = _in_thread(lambda: pool.verify([
+            ("math", "Half of it. Answer: \\frac{1}{2}", Sample(id="m", task="math", question="q", answer="0.5")),
+            ("math", "Answer: 0.51", Sample(id="m", task="math", question="q", answer="0.5")),
+        ]))
+    assert [(v.correct, failed) for v, failed in results] == [(True, False), (False, False)]
