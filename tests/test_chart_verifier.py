@@ -28,12 +28,39 @@ def _sample(answer):
         ("x. Answer: blue bar", "blue", False),
         ("x. Answer: 0", "0", True),
         ("the answer is 5", "5", False),  # no flag, no answer
+        ("x. Answer: 105", "100", True),  # the 5% bound is inclusive
+        ("x. Answer: 94", "100", False),
+        ("x. Answer: 3100", "3000", True),  # 3.3%; not a year (above 2100)
+        ("x. Answer: -5", "-5", True),
+        ("x. Answer: 5", "-5", False),  # sign matters
+        ("x. Answer: 45", "45%", True),
+        ("x. Answer: 50%", "0.5", True),
+        ("x. Answer: 0.5", "50", False),  # percent forms only apply when one side has a % sign
+        ("x. Answer: 1.2 million", "1.2", False),  # not a plain number: exact text match
+        ("x. Answer: 2,017", "2017", True),
+        ("x. Answer: 2017.0", "2017", True),
+        ("x. Answer: 1999", "2000", False),
+        ("x. Answer: 0.01", "0", False),  # zero gold needs exactly zero
+        ("x. Answer: blue.", "Blue", True),
+        ("x. Answer:   RED  ", "red", True),
+        ("x. Answer: ", "5", False),  # empty answer
+        ("Answer: 5", "5", True),  # correct, though the format reward is 0
+        ("x. Answer: $1,000.50", "1000.5", True),
+        ("x. Answer: .5", "0.5", True),
+        ("x. Answer: 4.9", "5", True),
+        ("x. Answer: 5.3", "5", False),  # 6%
     ],
 )
 def test_relaxed_accuracy(completion, gold, correct):
     verdict = load_verifier("chart").verify(completion, _sample(gold))
     assert verdict.correct is correct
     assert verdict.rewards["accuracy"] == float(correct)
+
+
+def test_years_follow_the_tolerance_when_exact_years_is_off():
+    sample = _sample("2017")
+    assert not load_verifier("chart").verify("x. Answer: 2018", sample).correct
+    assert load_verifier("chart", options={"exact_years": False}).verify("x. Answer: 2018", sample).correct
 
 
 def test_format_reward_needs_one_flag_after_thinking():
