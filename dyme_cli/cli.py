@@ -163,42 +163,223 @@ def _mode_table(history: list[dict], windows: int = 4) -> Table:
 
 @app.command("eval")
 def eval_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint directory or hub id."),
+    checkpoints: list[str] = typer.Option(
+        ..., "--checkpoint", help="Checkpoint directory, LoRA adapter directory or hub id; repeat to compare side by side."),
     data: Path = typer.Option(..., "--data", help="JSONL dataset to evaluate on."),
+    samples_per_prompt: int = typer.Option(
+        1, "--samples", min=1, help="Completions per prompt: 1 decodes greedily; K > 1 samples K and reports pass@K."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.01, help="Sampling temperature (with --samples > 1)."),
     max_new_tokens: int = typer.Option(300, "--max-new-tokens", min=1, help="Completion length limit."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts per generate call."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N samples."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", help="Score every sample with this verifier instead of its task's."),
     answer_flag: str = typer.Option("Answer:", "--answer-flag", help="Text that introduces the final answer."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+    traces_out: Optional[Path] = typer.Option(
+        None, "--traces", help="Write every completion to this JSONL file, in the training trace format."),
 ) -> None:
-    """Greedy held-out accuracy of a checkpoint, scored by each sample's verifier."""
+    """Accuracy, pass@K, format and length of one or more checkpoints, per task and question kind."""
     from .data import DataError, read_samples
-    from .evaluate import evaluate
-    from .modeling import ModelLoadError, load_policy
+    from .evaluate import EvalReport
     from .plugins import VerifierError, load_verifiers
     from .verify_pool import VerifierPool
 
     _quiet_transformers()
     try:
         samples = read_samples(data)[:limit]
-        verifiers = load_verifiers([s.task for s in samples], answer_flag)
-        policy = load_policy(str(checkpoint))
-    except (DataError, ModelLoadError, VerifierError) as exc:
+        verifiers = load_verifiers([verifier] if verifier else [s.task for s in samples], answer_flag)
+    except (DataError, VerifierError) as exc:
         _fail(str(exc))
-    with _progress() as progress, VerifierPool(verifiers) as pool:
-        task = progress.add_task("evaluating", total=len(samples), stats="")
-        report = evaluate(policy, samples, pool, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          on_batch=lambda n: progress.advance(task, n))
-    table = Table(title=f"{checkpoint} on {data}")
-    for column in ("kind", "n", "accuracy", "format", "mean tokens", "truncated"):
-        table.add_column(column, justify="right")
-    numbers = report.to_dict()
-    for kind, s in [*numbers["by_kind"].items(), ("all", numbers["overall"])]:
-        table.add_row(kind, str(s["n"]), f"{s['accuracy']:.1%}", f"{s['format_rate']:.1%}",
-                      f"{s['mean_completion_tokens']:.1f}", f"{s['truncated_rate']:.1%}")
+    labels = _checkpoint_labels(checkpoints)
+    reports: dict[str, EvalReport] = {}
+    if traces_out:
+        traces_out.parent.mkdir(parents=True, exist_ok=True)
+        traces_out.write_text("", encoding="utf-8")
+    try:
+        with VerifierPool(verifiers) as pool, _progress() as progress:
+            for checkpoint, label in zip(checkpoints, labels):
+                reports[label] = EvalReport(k=samples_per_prompt)
+                _evaluate_checkpoint(checkpoint, label, samples, pool, reports[label], progress, traces_out,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     samples_per_prompt=samples_per_prompt, temperature=temperature, verifier=verifier)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted; partial results:[/]")
+        _print_eval(reports, data, json_out)
+        raise typer.Exit(130)
+    _print_eval(reports, data, json_out)
+
+
+def _checkpoint_labels(checkpoints: list[str]) -> list[str]:
+    """Short, distinct names: `run/step-000700` for training checkpoints, the path or hub id otherwise."""
+    labels = []
+    for checkpoint in checkpoints:
+        path = Path(checkpoint)
+        label = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else checkpoint
+        labels.append(label if label not in labels else checkpoint)
+    return labels if len(set(labels)) == len(labels) else [f"{i + 1}: {c}" for i, c in enumerate(checkpoints)]
+
+
+def _evaluate_checkpoint(checkpoint: str, label: str, samples, pool, report, progress, traces_out: Optional[Path],
+                         **settings) -> None:
+    import re
+
+    from .evaluate import evaluate
+    from .modeling import ModelLoadError, load_policy
+    from .recipe import TrainSection
+    from .traces import eval_traces
+
+    try:
+        policy = load_policy(checkpoint)
+    except ModelLoadError as exc:
+        progress.stop()
+        _fail(str(exc))
+    step_match = re.search(r"step-(\d+)$", checkpoint.rstrip("/"))
+    step = int(step_match.group(1)) if step_match else 0
+    weights = TrainSection().reward_weights
+
+    def write_traces(sample, task, group) -> None:
+        if traces_out:
+            records = eval_traces(run=label, step=step, sample=sample, task=task, group=group, reward_weights=weights)
+            with traces_out.open("a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(r) + "\n" for r in records)
+
+    task = progress.add_task(f"evaluating {label}", total=len(samples), stats="")
+    evaluate(policy, samples, pool, report=report, on_batch=lambda n: progress.advance(task, n), on_group=write_traces,
+             **settings)
+
+
+def _print_eval(reports: dict, data: Path, json_out: Optional[Path]) -> None:
+    if not reports:
+        return
+    k = next(iter(reports.values())).k
+    table = Table(title=f"evaluation on {data}" + (f" ({k} samples per prompt)" if k > 1 else " (greedy)"))
+    table.add_column("task")
+    table.add_column("kind")
+    table.add_column("n", justify="right")
+    metrics = [("accuracy", "accuracy")] + ([("pass_at_k", f"pass@{k}")] if k > 1 else []) + [("format_rate", "format")]
+    if len(reports) == 1:
+        metrics += [("mean_completion_tokens", "mean tokens"), ("truncated_rate", "truncated")]
+    side_by_side = len(reports) > 1
+    for number, label in enumerate(reports, start=1):
+        for _, header in metrics:
+            table.add_column(f"{header} #{number}" if side_by_side else header, justify="right")
+    if side_by_side:
+        table.add_column(f"Δ acc #{len(reports)}−#1", justify="right")
+        table.caption = "   ".join(f"#{number} {escape(label)}" for number, label in enumerate(reports, start=1))
+    numbers = [{(t, kind): n for t, kind, n in report.rows()} for report in reports.values()]
+    keys = list(dict.fromkeys(key for by_key in numbers for key in by_key))  # a cut-short run may lack rows
+    for key in keys:
+        cells, n = [], max(by_key[key]["n"] for by_key in numbers if key in by_key)
+        for by_key in numbers:
+            cells += [_eval_cell(metric, by_key[key][metric]) if key in by_key else "-" for metric, _ in metrics]
+        if side_by_side:
+            first, last = numbers[0].get(key), numbers[-1].get(key)
+            cells.append(f"{last['accuracy'] - first['accuracy']:+.1%}" if first and last else "-")
+        table.add_row(escape(key[0]), escape(key[1]), str(n), *cells)
     console.print(table)
     if json_out:
-        json_out.write_text(json.dumps(numbers, indent=2), encoding="utf-8")
+        result = {"data": str(data), "checkpoints": {label: r.to_dict() for label, r in reports.items()}}
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+def _eval_cell(key: str, value: float) -> str:
+    return f"{value:.1f}" if key == "mean_completion_tokens" else f"{value:.1%}"
+
+
+@app.command("inspect-traces")
+def inspect_traces(
+    path: Path = typer.Argument(..., help="Run directory or traces JSONL file (from dyme train or dyme eval --traces)."),
+    data: list[Path] = typer.Option(
+        [], "--data", help="Dataset(s) the traces came from (default: the run's recorded datasets); repeatable."),
+    steps: Optional[str] = typer.Option(None, "--step", help="Steps A:B (inclusive; A:, :B and a single step work)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Only traces of this mode: memorize, explore, skip or eval."),
+    flag: Optional[str] = typer.Option(None, "--flag", help="List only traces with this flag."),
+    only_flagged: bool = typer.Option(False, "--only-flagged", help="List only traces with at least one flag."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="List at most N traces (table default: 30)."),
+    answer_flag: Optional[str] = typer.Option(None, "--answer-flag", help="Answer flag (default: the run's, else 'Answer:')."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-trace flags and the summary as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report with plots."),
+) -> None:
+    """Flag pseudo thinking in logged rollouts, each flag with a one-line reason, then summarize the run."""
+    from .data import DataError
+    from .inspect_run import inspect, parse_steps
+    from .pseudo_thinking import FLAGS
+
+    if flag is not None and flag not in FLAGS:
+        _fail(f"unknown flag '{flag}' (flags: {', '.join(FLAGS)})")
+    try:
+        result = inspect(path, data=data, steps=parse_steps(steps), mode=mode, answer_flag=answer_flag)
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    listed = [(t, f) for t, f in zip(result.traces, result.flags) if t.get("kind") == "rollout"
+              and (flag is None or any(x.name == flag for x in f)) and (not only_flagged or f)]
+    if as_json:
+        listed = listed[:limit] if limit is not None else listed
+        print(json.dumps({"traces": [_trace_json(t, f) for t, f in listed], "summary": result.summary}))
+    else:
+        shown = 30 if limit is None else limit
+        if shown:
+            console.print(_traces_table(listed[:shown]))
+        if len(listed) > shown:
+            console.print(f"... {len(listed) - shown} more; use --limit, --flag or --only-flagged")
+        _print_inspection_summary(result.summary)
+    if html_out:
+        from .report_html import write_html
+
+        write_html(html_out, result.traces, result.flags, result.summary, result.samples, title=f"dyme inspect-traces {path}")
+        err_console.print(f"wrote {html_out}")
+
+
+def _trace_json(trace: dict, flags) -> dict:
+    keys = ("run", "step", "prompt_id", "rollout", "mode", "correct", "answer", "gold")
+    return {**{k: trace.get(k) for k in keys},
+            "flags": [{"name": f.name, "reason": f.reason, "spans": [list(s) for s in f.spans]} for f in flags]}
+
+
+def _traces_table(listed) -> Table:
+    table = Table(title="rollouts", show_lines=True)
+    for column in ("step", "mode", "prompt", "#", "ok", "flags"):
+        table.add_column(column, overflow="fold")
+    for trace, flags in listed:
+        reasons = "\n".join(f"[bold]{f.name}[/]: {escape(f.reason)}" for f in flags) or "[dim]-[/]"
+        table.add_row(str(trace.get("step")), str(trace.get("mode")), escape(str(trace.get("prompt_id"))),
+                      str(trace.get("rollout")), "✓" if trace.get("correct") else "✗", reasons)
+    return table
+
+
+def _print_inspection_summary(summary: dict) -> None:
+    from .pseudo_thinking import FLAGS
+
+    n = summary["traces"]
+    console.print(f"{n} rollouts, {summary['flagged']} flagged ({summary['flagged'] / max(n, 1):.1%})")
+    modes = list(summary["by_mode"])
+    table = Table(title="flags")
+    for column in ("flag", "count", "rate", *(f"in {m}" for m in modes)):
+        table.add_column(column, justify="right")
+    for name in FLAGS:
+        row = summary["flags"][name]
+        per_mode = [f"{summary['by_mode'][m]['flags'][name] / max(summary['by_mode'][m]['traces'], 1):.1%}" for m in modes]
+        table.add_row(name, str(row["count"]), f"{row['rate']:.1%}", *per_mode)
+    console.print(table)
+    windows = summary["windows"]
+    if windows:
+        fired = [name for name in FLAGS if summary["flags"][name]["count"]]
+        window_modes = list(dict.fromkeys(m for w in windows for m in w["modes"]))
+        table = Table(title="over steps")
+        for column in ("steps", "rollouts", "accuracy", *window_modes, *fired):
+            table.add_column(column, justify="right", overflow="fold")
+        for w in windows:
+            accuracy = "-" if w["accuracy"] is None else f"{w['accuracy']:.2f}"
+            table.add_row(f"{w['steps'][0]}-{w['steps'][1]}", str(w["traces"]), accuracy,
+                          *(f"{w['modes'].get(m, 0.0):.2f}" for m in window_modes),
+                          *(f"{w['flag_rates'][name]:.2f}" for name in fired))
+        console.print(table)
+    collapse = summary["advantage_collapse"]
+    console.print(f"advantage collapse: {collapse['zero_std']:.1%} of {collapse['groups']} groups have zero reward spread "
+                  f"(all correct {collapse['all_correct']:.1%}, all wrong {collapse['all_wrong']:.1%}, "
+                  f"mixed {collapse['mixed']:.1%})")
 
 
 @verifiers_app.command("list")

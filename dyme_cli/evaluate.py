@@ -1,4 +1,9 @@
-"""Held-out accuracy: greedy rollouts scored by the same verifiers as training."""
+"""Held-out evaluation: rollouts scored by the same verifiers as training.
+
+Greedy decoding gives one completion per prompt; with `samples_per_prompt = K > 1` K completions are
+sampled and the report adds pass@K (the share of prompts with at least one correct completion) next to the
+mean accuracy over all completions. Numbers are kept per task, per question kind (`meta["kind"]`) and overall.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,39 @@ from typing import Callable, Sequence
 
 from .data import Sample
 from .modeling import Policy
-from .rollout import encode_prompt, generate
+from .rollout import Completion, encode_prompt, generate
+from .verdict import Verdict
 from .verify_pool import VerifierPool
+
+OVERALL = "all"
 
 
 @dataclass
 class Score:
-    n: int = 0
+    prompts: int = 0
+    completions: int = 0
     correct: int = 0
+    solved: int = 0  # prompts with at least one correct completion
     formatted: int = 0
     tokens: int = 0
     truncated: int = 0
 
-    def add(self, correct: bool, formatted: bool, tokens: int, truncated: bool) -> None:
-        self.n += 1
-        self.correct += correct
-        self.formatted += formatted
-        self.tokens += tokens
-        self.truncated += truncated
+    def add(self, group: Sequence[tuple[Completion, Verdict]]) -> None:
+        self.prompts += 1
+        self.completions += len(group)
+        self.correct += sum(v.correct for _, v in group)
+        self.solved += any(v.correct for _, v in group)
+        self.formatted += sum(v.rewards.get("format", 0.0) >= 1.0 for _, v in group)
+        self.tokens += sum(len(c.ids) for c, _ in group)
+        self.truncated += sum(c.truncated for c, _ in group)
 
     def summary(self) -> dict[str, float]:
-        n = max(self.n, 1)
+        n = max(self.completions, 1)
         return {
-            "n": self.n,
+            "n": self.prompts,
+            "completions": self.completions,
             "accuracy": self.correct / n,
+            "pass_at_k": self.solved / max(self.prompts, 1),
             "format_rate": self.formatted / n,
             "mean_completion_tokens": self.tokens / n,
             "truncated_rate": self.truncated / n,
@@ -40,15 +54,40 @@ class Score:
 
 @dataclass
 class EvalReport:
+    k: int = 1  # completions per prompt
     overall: Score = field(default_factory=Score)
-    by_kind: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
+    by_task: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
+    by_kind: dict[tuple[str, str], Score] = field(default_factory=lambda: defaultdict(Score))
+
+    def add(self, sample: Sample, task: str, group: Sequence[tuple[Completion, Verdict]]) -> None:
+        self.overall.add(group)
+        self.by_task[task].add(group)
+        if "kind" in sample.meta:
+            self.by_kind[(task, str(sample.meta["kind"]))].add(group)
 
     @property
     def accuracy(self) -> float:
         return self.overall.summary()["accuracy"]
 
+    def rows(self) -> list[tuple[str, str, dict]]:
+        """(task, kind, numbers) for each kind of each task, then the task, then everything."""
+        rows = []
+        for task in sorted(self.by_task):
+            rows += [(task, kind, s.summary()) for (t, kind), s in sorted(self.by_kind.items()) if t == task]
+            rows.append((task, OVERALL, self.by_task[task].summary()))
+        rows.append((OVERALL, OVERALL, self.overall.summary()))
+        return rows
+
     def to_dict(self) -> dict:
-        return {"overall": self.overall.summary(), "by_kind": {k: s.summary() for k, s in sorted(self.by_kind.items())}}
+        return {
+            "k": self.k,
+            "overall": self.overall.summary(),
+            "by_task": {task: s.summary() for task, s in sorted(self.by_task.items())},
+            "by_kind": {f"{task}/{kind}": s.summary() for (task, kind), s in sorted(self.by_kind.items())},
+        }
+
+
+GroupCallback = Callable[[Sample, str, Sequence[tuple[Completion, Verdict]]], None]
 
 
 def evaluate(
@@ -58,21 +97,32 @@ def evaluate(
     *,
     max_new_tokens: int,
     batch_size: int = 32,
+    samples_per_prompt: int = 1,
+    temperature: float = 1.0,
+    verifier: str | None = None,
+    report: EvalReport | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_group: GroupCallback | None = None,
 ) -> EvalReport:
-    """Greedy-decode one completion per sample and score it."""
-    report = EvalReport()
+    """Score every sample; `report` is filled in place, so a caller that stops early keeps what was done.
+
+    `verifier` overrides each sample's task; `on_group` sees each prompt's completions and verdicts.
+    """
+    report = report if report is not None else EvalReport(k=samples_per_prompt)
+    greedy = samples_per_prompt == 1
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         prompts = [encode_prompt(policy, s) for s in chunk]
-        groups = generate(
-            policy, prompts, num_generations=1, max_new_tokens=max_new_tokens, greedy=True, batch_size=batch_size
-        )
-        results = verifiers.verify([(s.task, completion.text, s) for s, (completion,) in zip(chunk, groups)])
-        for sample, (completion,), (verdict, _) in zip(chunk, groups, results):
-            args = (verdict.correct, verdict.rewards.get("format", 0.0) >= 1.0, len(completion.ids), completion.truncated)
-            report.overall.add(*args)
-            report.by_kind[str(sample.meta.get("kind", sample.task))].add(*args)
+        groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
+                          greedy=greedy, temperature=temperature, batch_size=batch_size)
+        tasks = [verifier or s.task for s in chunk]
+        jobs = [(task, c.text, s) for s, task, group in zip(chunk, tasks, groups) for c in group]
+        verdicts = iter(v for v, _ in verifiers.verify(jobs))
+        for sample, task, group in zip(chunk, tasks, groups):
+            scored = [(completion, next(verdicts)) for completion in group]
+            report.add(sample, task, scored)
+            if on_group:
+                on_group(sample, task, scored)
         if on_batch:
             on_batch(len(chunk))
     return report

@@ -7,6 +7,7 @@ ordinary save_pretrained directory; from then on it loads exactly like a hub mod
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -147,12 +148,23 @@ def resolve_model_path(section: ModelSection, run_dir: Path, texts: Iterable[str
 
 
 def load_policy(name_or_path: str, dtype: str = "float32") -> Policy:
-    """Load any image-text-to-text model and its processor through the Auto classes."""
+    """Load any image-text-to-text model and its processor through the Auto classes.
+
+    A PEFT adapter directory (one with adapter_config.json) loads its base model, then the adapter, merged
+    into the weights; the processor comes from the adapter directory when it holds one, else from the base.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if _looks_local(name_or_path) and not Path(name_or_path).exists():
+        raise ModelLoadError(f"cannot load model '{name_or_path}': no such directory")
+    base = adapter_base_model(name_or_path)
+    model_source = name_or_path if base is None else base
+    processor_source = name_or_path if base is None or _has_tokenizer(name_or_path) else base
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+        processor = AutoProcessor.from_pretrained(processor_source)
+        model = AutoModelForImageTextToText.from_pretrained(model_source, dtype=getattr(torch, dtype))
+        if base is not None:
+            model = _merge_adapter(model, name_or_path)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line}") from None
@@ -160,6 +172,32 @@ def load_policy(name_or_path: str, dtype: str = "float32") -> Policy:
     eos = _eos_ids(model, tokenizer)
     blocked = sorted(set(tokenizer.all_special_ids) - set(eos))
     return Policy(model, processor, eos, _pad_id(tokenizer), blocked)
+
+
+def _looks_local(name_or_path: str) -> bool:
+    """A path rather than a hub id (`org/name`)."""
+    return Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+
+
+def adapter_base_model(name_or_path: str) -> str | None:
+    """The base model of a local PEFT adapter directory; None for anything else."""
+    config = Path(name_or_path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{config}: no base_model_name_or_path; cannot tell which model the adapter belongs to")
+    return base
+
+
+def _has_tokenizer(directory: str) -> bool:
+    return (Path(directory) / "tokenizer_config.json").is_file()
+
+
+def _merge_adapter(model, adapter_dir: str):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

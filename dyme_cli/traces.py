@@ -61,17 +61,25 @@ def step_metrics(
     return metrics
 
 
+def rollout_record(*, run, step, sample, task, index, mode, completion, verdict, reward, advantage) -> dict:
+    """One rollout's trace line (training and `dyme eval` write the same format)."""
+    return {
+        "run": run, "step": step, "prompt_id": sample.id, "task": task, "kind": "rollout",
+        "rollout": index, "mode": mode, "completion": completion.text,
+        "answer": verdict.answer, "gold": sample.answer, "correct": verdict.correct,
+        "rewards": verdict.rewards, "reward": reward, "advantage": advantage,
+        "tokens": len(completion.ids), "truncated": completion.truncated, "detail": verdict.detail,
+    }
+
+
 def step_traces(*, run, step, samples, groups, verdicts, rewards, decisions, targets) -> list[dict]:
     records = []
     for sample, group, group_v, group_r, decision, target in zip(samples, groups, verdicts, rewards, decisions, targets):
         for index, (completion, verdict, reward, advantage) in enumerate(zip(group, group_v, group_r, decision.advantages)):
-            records.append({
-                "run": run, "step": step, "prompt_id": sample.id, "task": sample.task, "kind": "rollout",
-                "rollout": index, "mode": decision.mode.value, "completion": completion.text,
-                "answer": verdict.answer, "gold": sample.answer, "correct": verdict.correct,
-                "rewards": verdict.rewards, "reward": reward, "advantage": advantage,
-                "tokens": len(completion.ids), "truncated": completion.truncated, "detail": verdict.detail,
-            })
+            records.append(rollout_record(
+                run=run, step=step, sample=sample, task=sample.task, index=index, mode=decision.mode.value,
+                completion=completion, verdict=verdict, reward=reward, advantage=advantage,
+            ))
         if target is not None:
             text, ids = target
             records.append({
@@ -81,3 +89,16 @@ def step_traces(*, run, step, samples, groups, verdicts, rewards, decisions, tar
                 "advantage": dyme.MEMORIZE_ADVANTAGE, "tokens": len(ids), "truncated": False, "detail": "reference target",
             })
     return records
+
+
+def eval_traces(*, run, step, sample, task, group, reward_weights: dict[str, float]) -> list[dict]:
+    """Trace lines for one evaluated prompt, mode "eval". They carry the sample's question, reference, facts
+    and image paths, so `dyme inspect-traces` needs no dataset to check them."""
+    context = {"question": sample.question, "reference": sample.reference, "facts": sample.facts,
+               "images": [str(p.resolve()) for p in sample.image_paths()]}
+    return [
+        {**rollout_record(run=run, step=step, sample=sample, task=task, index=index, mode="eval", completion=completion,
+                          verdict=verdict, reward=dyme.total_reward(verdict.rewards, reward_weights), advantage=None),
+         **context}
+        for index, (completion, verdict) in enumerate(group)
+    ]

@@ -58,18 +58,19 @@ def keywords(text: str) -> set[str]:
     return {t for t in _WORD.findall(text.lower()) if t not in STOPWORDS}
 
 
-def _flatten(value: Any) -> str:
+def flatten(value: Any) -> str:
+    """Facts (nested dicts and lists) as one text of keys and values."""
     if isinstance(value, dict):
-        return " ".join(f"{k} {_flatten(v)}" for k, v in value.items())
+        return " ".join(f"{k} {flatten(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return " ".join(_flatten(v) for v in value)
+        return " ".join(flatten(v) for v in value)
     return str(value)
 
 
 def thinking_reward(thinking: str, sample) -> float:
     """Keyword F1 between the thinking and the sample's reference trace plus its visual facts."""
     predicted = keywords(thinking)
-    gold = keywords(f"{sample.reference} {_flatten(sample.facts)}")
+    gold = keywords(f"{sample.reference} {flatten(sample.facts)}")
     overlap = len(predicted & gold)
     if not overlap:
         return 0.0

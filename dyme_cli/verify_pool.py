@@ -9,6 +9,7 @@ becomes an incorrect verdict with zero rewards whose `detail` names the problem.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ def failed_verdict(detail: str) -> Verdict:
 
 def _serve(conn: Connection, verifiers: dict) -> None:
     """Worker loop: verify each job received, send back (verdict, None) or (None, error)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     while True:
         try:
             job = conn.recv()

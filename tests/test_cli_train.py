@@ -179,7 +179,7 @@ def test_eval_command_scores_a_checkpoint(tmp_path, chart_data, tiny_model_dir):
     result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_model_dir), "--data", str(data),
                                  "--max-new-tokens", "8", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    numbers = json.loads(out.read_text())
+    (numbers,) = json.loads(out.read_text())["checkpoints"].values()
     assert numbers["overall"]["n"] == 8
     assert sum(k["n"] for k in numbers["by_kind"].values()) == 8
     assert 0.0 <= numbers["overall"]["accuracy"] <= 1.0
