@@ -105,8 +105,7 @@ def main() -> None:
     words = sum(len(json.loads(line)["completion"].split()) for line in lines) / len(lines)
 
     def flag(traces):
-        contexts = pt.sample_contexts(samples)
-        return pt.flag_traces(traces, contexts, pt.ReferenceIndex.from_contexts(contexts))
+        return pt.flag_traces(traces, pt.sample_contexts(samples))
 
     read_s, traces = timed(lambda: [json.loads(line) for line in lines], args.repeats)
     flag_s, flags = timed(lambda: flag(traces), args.repeats)

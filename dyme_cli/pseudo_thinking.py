@@ -628,11 +628,6 @@ def jaccard(a: frozenset, b: frozenset) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-class _Frequency(dict):
-    def __missing__(self, key) -> int:
-        return 0
-
-
 class ReferenceIndex:
     """Reference traces by prompt id, with an inverted index shingle -> prompt ids for near-copy lookups."""
 
@@ -644,11 +639,7 @@ class ReferenceIndex:
             for gram in grams:
                 postings[gram].append(pid)
         self.postings = dict(postings)
-        self._df = _Frequency({gram: len(pids) for gram, pids in self.postings.items()})
-
-    @classmethod
-    def from_contexts(cls, contexts: Mapping[str, SampleContext], threshold: float = PARROT_SIMILARITY):
-        return cls({pid: ctx.reference for pid, ctx in contexts.items()}, threshold)
+        self._df = {gram: len(pids) for gram, pids in self.postings.items()}  # document frequency
 
     def __contains__(self, prompt_id: object) -> bool:
         return prompt_id in self.sets
@@ -671,7 +662,7 @@ class ReferenceIndex:
             return None
         size = len(grams)
         probe = size - math.ceil(self.threshold * size - 1e-9) + 1
-        rarest = sorted(grams, key=self._df.__getitem__)[:probe]
+        rarest = sorted(grams, key=lambda gram: self._df.get(gram, 0))[:probe]
         lo, hi = self.threshold * size, size / self.threshold
         best: tuple[str, float] | None = None
         seen = set()
