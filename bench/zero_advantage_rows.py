@@ -20,7 +20,8 @@ from accelerate import Accelerator
 from dyme_cli import dyme
 from dyme_cli.data import read_samples, target_text
 from dyme_cli.dyme import Mode
-from dyme_cli.modeling import build_tiny_smolvlm, load_policy
+from dyme_cli.modeling import load_policy
+from dyme_cli.tiny_models import build_tiny_smolvlm
 from dyme_cli.plugins import load_verifiers
 from dyme_cli.prepare.synthetic_chart import generate as make_charts
 from dyme_cli.recipe import TinyModel, recipe_from_dict
@@ -40,7 +41,7 @@ def main() -> None:
     samples = read_samples(work / "data" / "train.jsonl")
     build_tiny_smolvlm(work / "model", [s.question + " " + target_text(s, "Answer:") for s in samples], TinyModel())
     recipe = recipe_from_dict({
-        "model": {"name": str(work / "model")}, "data": {"train": str(work / "data" / "train.jsonl")},
+        "model": {"name_or_path": str(work / "model"), "freeze_vision": False}, "data": {"train": str(work / "data" / "train.jsonl")},
         "rollout": {"num_generations": args.k, "max_new_tokens": 40, "prompts_per_generate": args.prompts},
         "train": {"prompts_per_step": args.prompts, "reward_weights": {"accuracy": 1.0}},
         "optim": {"micro_batch_size": 16, "lr": 1e-4},

@@ -39,6 +39,8 @@ def train(
     output: Optional[Path] = typer.Option(None, "--output", help="Run directory (default: [run].output_dir)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override [train].max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run directory."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check data, verifiers, model and batch sizes and print the plan; train nothing."),
 ) -> None:
     """Train a model with DyME (or the SFT / GRPO baselines) from a TOML recipe."""
     from .data import DataError
@@ -52,6 +54,9 @@ def train(
     except RecipeError as exc:
         _fail(str(exc))
     _quiet_transformers()
+    if dry_run:
+        _print_plan(recipe_path, recipe, max_steps)
+        return
     history: list[dict] = []
     total = max_steps or recipe.train.max_steps
     with _progress() as progress:
@@ -74,6 +79,27 @@ def train(
             err_console.print(f"[yellow]{escape(str(exc))}[/]; continue with --resume")
             raise typer.Exit(130)
     _print_summary(result, history)
+
+
+def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int]) -> None:
+    from .plan import dry_run
+
+    if max_steps:
+        recipe.train.max_steps = max_steps
+    plan = dry_run(recipe)
+    table = Table(title=f"dry run of {recipe_path}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("plan")
+    for what, value in plan.facts:
+        table.add_row(what, escape(value))
+    console.print(table)
+    for note in plan.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    for problem in plan.problems:
+        err_console.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
+    if plan.problems:
+        raise typer.Exit(2)
+    console.print("ok: the recipe is ready to train")
 
 
 def _progress() -> Progress:
@@ -242,6 +268,28 @@ def _print_eval(reports: dict, data: Path, json_out: Optional[Path]) -> None:
 
 def _eval_cell(key: str, value: float) -> str:
     return f"{value:.1f}" if key == "mean_completion_tokens" else f"{value:.1%}"
+
+
+@app.command("export")
+def export_command(
+    checkpoint: str = typer.Argument(..., help="A LoRA adapter checkpoint (or any checkpoint directory)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged save_pretrained model and its processor."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+) -> None:
+    """Merge a LoRA adapter into its base model and save an ordinary model directory (loadable without PEFT)."""
+    from .modeling import ModelLoadError, load_policy, save_policy
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(f"--dtype must be float32, bfloat16 or float16, not '{dtype}'")
+    if out.exists() and any(out.iterdir()):
+        _fail(f"{out} is not empty; choose a new directory")
+    _quiet_transformers()
+    try:
+        policy = load_policy(checkpoint, dtype)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    save_policy(policy, out)
+    console.print(f"saved the merged model to {out}")
 
 
 @app.command("inspect-traces")

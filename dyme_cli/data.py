@@ -112,8 +112,11 @@ def load_images(sample: Sample):
     return images
 
 
-def chat_messages(sample: Sample) -> list[dict]:
-    """The user turn in the chat-template message format shared by the VLM processors."""
+def chat_messages(sample: Sample, text_only: bool = False) -> list[dict]:
+    """The user turn in the chat-template message format shared by the VLM processors (a list of image and
+    text parts), or as a plain string for text-only models, whose templates expect one."""
+    if text_only:
+        return [{"role": "user", "content": sample.question}]
     content: list[dict] = [{"type": "image"} for _ in sample.images]
     content.append({"type": "text", "text": sample.question})
     return [{"role": "user", "content": content}]

@@ -14,21 +14,9 @@ from typing import Iterable
 
 import torch
 
-from .recipe import ModelSection, TinyModel
+from .recipe import LoraSection, ModelSection
 
 TINY_PREFIX = "tiny:"
-TINY_FAMILIES = ("smolvlm",)
-
-# Special tokens of the SmolVLM chat format, which the Idefics3 processor looks up by name.
-_SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"]
-_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] | capitalize }}:"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-)
-
 
 class ModelLoadError(RuntimeError):
     """The model or processor could not be loaded; one line saying which and why."""
@@ -43,6 +31,7 @@ class Policy:
     eos_token_ids: list[int]
     pad_token_id: int
     blocked_token_ids: list[int]  # special tokens a completion must never contain (image placeholders, ...)
+    text_only: bool = False  # a causal LM whose processor is its tokenizer: prompts carry no images
 
     @property
     def tokenizer(self):
@@ -53,125 +42,122 @@ def is_tiny(name: str) -> bool:
     return name.startswith(TINY_PREFIX)
 
 
-def build_tiny_smolvlm(out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:
-    """Create and save a random-init Idefics3 model and its processor under `out_dir`."""
-    from transformers import AutoModelForImageTextToText, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
-
-    tokenizer = train_bpe_tokenizer(texts, spec.vocab_size)
-    image_processor = Idefics3ImageProcessor(
-        do_image_splitting=False,
-        size={"longest_edge": spec.image_size},
-        max_image_size={"longest_edge": spec.image_size},
-    )
-    image_seq_len = (spec.image_size // spec.patch_size) ** 2 // spec.scale_factor**2
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=_CHAT_TEMPLATE
-    )
-    vocab = len(tokenizer)
-    config = Idefics3Config(
-        vision_config=dict(
-            hidden_size=spec.vision_hidden_size,
-            intermediate_size=spec.vision_hidden_size * 2,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=spec.vision_heads,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
-        ),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=vocab,
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_heads,
-            max_position_embeddings=1024,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True,
-        ),
-        scale_factor=spec.scale_factor,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = None
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
-
-
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<end_of_utterance>",
-        bos_token="<|im_start|>",
-        padding_side="left",
-    )
-
-
 def resolve_model_path(section: ModelSection, run_dir: Path, texts: Iterable[str], seed: int) -> str:
-    """Where to load the model from: the given hub id/dir, or a freshly built tiny model in the run dir."""
-    if not is_tiny(section.name):
-        return section.name
-    family = section.name[len(TINY_PREFIX):]
+    """Where to load the model from: the given hub id/dir, or a freshly built tiny model in the run dir
+    (an absolute path, so adapters and checkpoints that record it work from any directory)."""
+    from .tiny_models import TINY_FAMILIES, build_tiny
+
+    if not is_tiny(section.name_or_path):
+        return section.name_or_path
+    family = section.name_or_path[len(TINY_PREFIX):]
     if family not in TINY_FAMILIES:
-        raise ModelLoadError(f"[model].name: unknown tiny model '{section.name}'; known: tiny:{', tiny:'.join(TINY_FAMILIES)}")
-    out = Path(run_dir) / "base-model"
-    texts = ["User: Assistant:", *texts]
+        raise ModelLoadError(f"[model].name_or_path: unknown tiny model '{section.name_or_path}'; known: tiny:{', tiny:'.join(TINY_FAMILIES)}")
+    out = (Path(run_dir) / "base-model").resolve()
     if not (out / "config.json").is_file():
-        build_tiny_smolvlm(out, texts, section.tiny, seed=seed)
+        build_tiny(family, out, ["User: Assistant:", *texts], section.tiny, seed=seed)
     return str(out)
 
 
-def load_policy(name_or_path: str, dtype: str = "float32") -> Policy:
-    """Load any image-text-to-text model and its processor through the Auto classes.
+def load_policy(
+    name_or_path: str, dtype: str = "float32", *, attn_implementation: str | None = None,
+    trust_remote_code: bool = False, merge_adapter: bool = True,
+) -> Policy:
+    """Load a model and its processor through the Auto classes: AutoModelForImageTextToText + AutoProcessor for
+    vision-language models, AutoModelForCausalLM + AutoTokenizer for text-only ones.
 
-    A PEFT adapter directory (one with adapter_config.json) loads its base model, then the adapter, merged
-    into the weights; the processor comes from the adapter directory when it holds one, else from the base.
+    A PEFT adapter directory (one with adapter_config.json) loads its base model, then the adapter: merged into
+    the weights (evaluation), or as a trainable PeftModel (`merge_adapter=False`, resuming a LoRA run). The
+    processor comes from the adapter directory when it holds one, else from the base.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     if _looks_local(name_or_path) and not Path(name_or_path).exists():
         raise ModelLoadError(f"cannot load model '{name_or_path}': no such directory")
     base = adapter_base_model(name_or_path)
     model_source = name_or_path if base is None else base
     processor_source = name_or_path if base is None or _has_tokenizer(name_or_path) else base
+    remote = {"trust_remote_code": trust_remote_code}
     try:
-        processor = AutoProcessor.from_pretrained(processor_source)
-        model = AutoModelForImageTextToText.from_pretrained(model_source, dtype=getattr(torch, dtype))
+        config = AutoConfig.from_pretrained(model_source, **remote)
+        model_class, text_only = model_class_for(config)
+        processor = (AutoTokenizer if text_only else AutoProcessor).from_pretrained(processor_source, **remote)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = model_class.from_pretrained(model_source, dtype=getattr(torch, dtype), **remote, **extra)
         if base is not None:
-            model = _merge_adapter(model, name_or_path)
-    except (OSError, ValueError) as exc:
+            model = _load_adapter(model, name_or_path, merge=merge_adapter)
+    except (OSError, ValueError, ImportError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line}") from None
     tokenizer = getattr(processor, "tokenizer", processor)
     eos = _eos_ids(model, tokenizer)
     blocked = sorted(set(tokenizer.all_special_ids) - set(eos))
-    return Policy(model, processor, eos, _pad_id(tokenizer), blocked)
+    return Policy(model, processor, eos, _pad_id(tokenizer), blocked, text_only)
+
+
+def load_for_recipe(section: ModelSection, source: str, merge_adapter: bool = True) -> Policy:
+    """load_policy with the recipe's `[model]` loading options."""
+    return load_policy(source, section.dtype, attn_implementation=section.attn_implementation,
+                       trust_remote_code=section.trust_remote_code, merge_adapter=merge_adapter)
+
+
+def model_class_for(config) -> tuple[type, bool]:
+    """(Auto model class, text_only) for a model config."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or hasattr(config, "vision_config"):
+        return AutoModelForImageTextToText, False
+    return AutoModelForCausalLM, True
+
+
+# Where each family keeps its vision encoder (Idefics3/SmolVLM, LLaVA-OneVision, Qwen-VL): the one per-family
+# table the engine needs, for `freeze_vision`.
+VISION_TOWERS = ("vision_model", "vision_tower", "visual")
+# LoRA's default targets: attention and MLP projections outside the vision encoder, which covers the language
+# model of every family (Idefics3 `text_model`, Qwen and LLaVA `language_model`, plain causal LMs `model.layers`).
+DEFAULT_LORA_TARGETS = r"^(?!.*(vision|visual)).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+def prepare_for_training(policy: Policy, section: ModelSection) -> None:
+    """Apply the recipe's `[model]` training switches: LoRA adapters (unless the policy already carries them,
+    as when resuming a LoRA run), a frozen vision encoder, and gradient checkpointing."""
+    if section.lora is not None and not hasattr(policy.model, "peft_config"):
+        policy.model = add_lora(policy.model, section.lora)
+    if section.freeze_vision:
+        for module in vision_towers(policy.model):
+            module.requires_grad_(False)
+    if section.gradient_checkpointing:
+        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if section.lora is not None:
+            policy.model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
+
+
+def add_lora(model, lora: LoraSection):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
+        target_modules=lora.target_modules or DEFAULT_LORA_TARGETS,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # no module matched the regex
+        raise ModelLoadError(f"[model.lora].target_modules: {str(exc).splitlines()[0]}") from None
+
+
+def vision_towers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The vision encoder module(s) of a vision-language model; none for a text-only one."""
+    found = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in VISION_TOWERS and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, module))
+    return [module for _, module in found]
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def _looks_local(name_or_path: str) -> bool:
@@ -194,10 +180,12 @@ def _has_tokenizer(directory: str) -> bool:
     return (Path(directory) / "tokenizer_config.json").is_file()
 
 
-def _merge_adapter(model, adapter_dir: str):
+def _load_adapter(model, adapter_dir: str, merge: bool):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    if merge:
+        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 
 class TinyModel(_Section):
-    """Size of the embedded default model (`name = "tiny:smolvlm"`), built from a config, random init."""
+    """Size of the embedded models (`name_or_path = "tiny:<family>"`), built from a config, random init."""
 
     vocab_size: int = Field(512, ge=64)
     hidden_size: int = Field(64, ge=8)
@@ -49,9 +49,25 @@ class TinyModel(_Section):
         return self
 
 
+class LoraSection(_Section):
+    """`[model.lora]`: train low-rank adapters instead of the full weights (PEFT)."""
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Optional[str] = Field(
+        None, description="regex over module names; default: the language model's attention and MLP projections")
+    use_rslora: bool = False
+
+
 class ModelSection(_Section):
-    name: str = Field(..., description="hub id, local save_pretrained directory, or tiny:smolvlm")
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    name_or_path: str = Field(..., description="hub id, local save_pretrained directory, or tiny:<family>")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+    freeze_vision: bool = True
+    gradient_checkpointing: bool = False
+    lora: Optional[LoraSection] = None
     tiny: TinyModel = TinyModel()
 
 

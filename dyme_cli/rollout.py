@@ -14,9 +14,6 @@ import torch
 from .data import Sample, chat_messages, load_images
 from .modeling import Policy
 
-_TEXT_KEYS = ("input_ids", "attention_mask")
-
-
 @dataclass
 class Completion:
     ids: list[int]  # generated ids, up to and including the first end-of-sequence token
@@ -27,8 +24,9 @@ class Completion:
 def encode_prompt(policy: Policy, sample: Sample) -> dict[str, torch.Tensor]:
     """The model inputs of one prompt (batch dimension 1, no padding)."""
     processor = policy.processor
-    text = processor.apply_chat_template(chat_messages(sample), add_generation_prompt=True, tokenize=False)
-    if sample.images:
+    messages = chat_messages(sample, text_only=policy.text_only)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if sample.images and not policy.text_only:
         encoded = processor(text=[text], images=[load_images(sample)], return_tensors="pt")
     else:
         encoded = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False)
@@ -41,27 +39,44 @@ def target_ids(policy: Policy, text: str) -> list[int]:
     return list(ids) + [policy.eos_token_ids[0]]
 
 
+def _text_aligned(row: dict[str, torch.Tensor]) -> set[str]:
+    """Keys whose tensors run along the token sequence (input_ids, attention_mask, and per-token extras such
+    as Qwen's mm_token_type_ids): they are padded and extended with the tokens; the rest (pixels, grids) not."""
+    shape = row["input_ids"].shape
+    return {key for key, value in row.items() if value.shape == shape}
+
+
 def collate(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, side: str) -> dict[str, torch.Tensor]:
-    """Pad input_ids/attention_mask to one length (`left` for generation, `right` for training) and
-    concatenate every other tensor (pixel values, grids) along the batch dimension."""
+    """One batch: token-aligned tensors padded to one length (`left` for generation, `right` for training) with
+    pad_id for input_ids and 0 otherwise; every other tensor (pixel values, grids) concatenated along the
+    batch dimension, zero-padded where rows differ in size beyond it (images or image tiles per prompt)."""
     length = max(row["input_ids"].shape[-1] for row in rows)
     batch: dict[str, list[torch.Tensor]] = {key: [] for key in rows[0]}
+    aligned = _text_aligned(rows[0]) | {"attention_mask"}
     for row in rows:
         ids = row["input_ids"].reshape(1, -1)
-        pad = length - ids.shape[-1]
-        fill = torch.full((1, pad), pad_id, dtype=ids.dtype)
-        zeros = torch.zeros((1, pad), dtype=torch.long)
-        mask = row.get("attention_mask", torch.ones_like(ids)).reshape(1, -1)
-        if side == "left":
-            batch["input_ids"].append(torch.cat([fill, ids], dim=1))
-            batch["attention_mask"].append(torch.cat([zeros, mask], dim=1))
-        else:
-            batch["input_ids"].append(torch.cat([ids, fill], dim=1))
-            batch["attention_mask"].append(torch.cat([mask, zeros], dim=1))
+        row = {**row, "attention_mask": row.get("attention_mask", torch.ones_like(ids))}
+        for key in aligned:
+            value = row[key].reshape(1, -1)
+            fill = torch.full((1, length - value.shape[-1]), pad_id if key == "input_ids" else 0, dtype=value.dtype)
+            batch.setdefault(key, []).append(torch.cat([fill, value] if side == "left" else [value, fill], dim=1))
         for key, value in row.items():
-            if key not in _TEXT_KEYS:
+            if key not in aligned:
                 batch[key].append(value)
-    return {key: torch.cat(values, dim=0) for key, values in batch.items() if values}
+    return {key: _stack(values) if key not in aligned else torch.cat(values, dim=0) for key, values in batch.items() if values}
+
+
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0, zero-padding the other dims to the largest row (padding images are all zero,
+    which Idefics3 drops and LLaVA-OneVision never reads, as it slices by image size)."""
+    widest = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    padded = []
+    for value in values:
+        pad = []
+        for d in reversed(range(1, value.dim())):
+            pad += [0, widest[d - 1] - value.shape[d]]
+        padded.append(torch.nn.functional.pad(value, pad) if any(pad) else value)
+    return torch.cat(padded, dim=0)
 
 
 @torch.no_grad()
@@ -110,12 +125,14 @@ def _completion(policy: Policy, ids: list[int]) -> Completion:
 
 
 def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[int]) -> tuple[dict, int]:
-    """Prompt inputs extended by a completion; returns them and the prompt length."""
+    """Prompt inputs extended by a completion; returns them and the prompt length. Per-token extras
+    (e.g. mm_token_type_ids) get zeros, as for ordinary text tokens."""
     ids = prompt["input_ids"].reshape(1, -1)
     prompt_len = ids.shape[-1]
-    extra = torch.tensor([list(completion_ids)], dtype=ids.dtype)
     row = dict(prompt)
-    row["input_ids"] = torch.cat([ids, extra], dim=1)
+    for key in _text_aligned(prompt) - {"input_ids", "attention_mask"}:
+        row[key] = torch.cat([prompt[key].reshape(1, -1), prompt[key].new_zeros((1, len(completion_ids)))], dim=1)
+    row["input_ids"] = torch.cat([ids, torch.tensor([list(completion_ids)], dtype=ids.dtype)], dim=1)
     row["attention_mask"] = torch.ones_like(row["input_ids"])
     return row, prompt_len
 

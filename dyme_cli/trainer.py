@@ -28,7 +28,7 @@ from .data import Sample, read_samples, target_text
 from .dyme import Mode
 from .evaluate import EvalReport, evaluate
 from .losses import StepTotals, policy_loss
-from .modeling import Policy, load_policy, resolve_model_path, save_policy
+from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_model_path, save_policy
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
 from .rollout import Completion, completion_logprobs, encode_prompt, generate, target_ids, with_completion
@@ -401,7 +401,9 @@ def train(
         on_message(f"no checkpoint in {run_dir}; starting from scratch")
     texts = [s.question + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
     base_path = resolve_model_path(recipe.model, run_dir, texts, recipe.run.seed)
-    policy = load_policy(str(checkpoints[-1]) if checkpoints else base_path, recipe.model.dtype)
+    # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
+    policy = load_for_recipe(recipe.model, str(checkpoints[-1]) if checkpoints else base_path, merge_adapter=False)
+    prepare_for_training(policy, recipe.model)
 
     warn_long_targets(policy, samples, recipe, on_message)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -474,7 +476,7 @@ def warn_long_targets(policy: Policy, samples: list[Sample], recipe: Recipe, on_
 
 def load_reference(path: str, recipe: Recipe, accelerator: Accelerator) -> torch.nn.Module:
     """The frozen starting policy, for the KL term (only loaded when beta > 0)."""
-    model = load_policy(path, recipe.model.dtype).model
+    model = load_for_recipe(recipe.model, path).model
     model.requires_grad_(False)
     model.eval()
     return accelerator.prepare_model(model, evaluation_mode=True)

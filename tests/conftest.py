@@ -1,9 +1,10 @@
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from dyme_cli.data import read_samples, target_text
-from dyme_cli.modeling import build_tiny_smolvlm
+from dyme_cli.tiny_models import build_tiny_smolvlm
 from dyme_cli.prepare.synthetic_chart import generate
 from dyme_cli.recipe import TinyModel, recipe_from_dict
 
@@ -37,9 +38,18 @@ def small_recipe(chart_data: Path, output_dir: Path, optim: dict | None = None, 
     train = {"max_steps": 4, "prompts_per_step": 4, **train_overrides}
     return recipe_from_dict({
         "run": {"output_dir": str(output_dir), "seed": 1, "save_every": 2},
-        "model": {"name": "tiny:smolvlm", "tiny": {"image_size": 32, "hidden_size": 32, "vision_hidden_size": 32}},
+        "model": {"name_or_path": "tiny:smolvlm", "freeze_vision": False, "tiny": {"image_size": 32, "hidden_size": 32, "vision_hidden_size": 32}},
         "data": {"train": str(chart_data / "train.jsonl"), "test": str(chart_data / "test.jsonl")},
         "rollout": {"num_generations": 2, "max_new_tokens": 12},
         "train": train,
         "optim": {"lr": 1e-3, "micro_batch_size": 3, **(optim or {})},
     })
+
+
+def folder_digest(folder: Path) -> str:
+    """One hash over every file's name and bytes under `folder`, for same-seed-same-bytes checks."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()

@@ -53,7 +53,7 @@ def test_demo_recipe_three_steps(tmp_path, monkeypatch, chart_data):
     base = load_file(str(run / "base-model" / "model.safetensors"))
     assert any(not torch.equal(saved[k], base[k]) for k in saved)  # and training changed it
     assert "step 3" not in (run / "recipe.toml").read_text()  # the resolved recipe, not a log
-    assert 'name = "tiny:smolvlm"' in (run / "recipe.toml").read_text()
+    assert 'name_or_path = "tiny:smolvlm"' in (run / "recipe.toml").read_text()
 
 
 def _weights(checkpoint: Path) -> dict:
@@ -108,10 +108,10 @@ def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, chart_data):
 @pytest.mark.parametrize(
     "body, key",
     [
-        ('[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[train]\nloss_type = "ppo"\n', "[train].loss_type"),
-        ('[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[rollout]\nnum_generatons = 4\n', "[rollout].num_generatons"),
-        ('[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[optim]\nlr = -1\n', "[optim].lr"),
-        ('[model]\nname = "tiny:smolvlm"\n', "[data]"),
+        ('[model]\nname_or_path = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[train]\nloss_type = "ppo"\n', "[train].loss_type"),
+        ('[model]\nname_or_path = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[rollout]\nnum_generatons = 4\n', "[rollout].num_generatons"),
+        ('[model]\nname_or_path = "tiny:smolvlm"\n[data]\ntrain = "x.jsonl"\n[optim]\nlr = -1\n', "[optim].lr"),
+        ('[model]\nname_or_path = "tiny:smolvlm"\n', "[data]"),
         ('[model\nname = 1\n', "not valid TOML"),
     ],
 )
@@ -128,7 +128,7 @@ def test_bad_recipe_exits_2_with_one_line_naming_the_key(tmp_path, body, key):
 
 def test_missing_dataset_is_one_line(tmp_path):
     path = tmp_path / "r.toml"
-    path.write_text(f'[model]\nname = "tiny:smolvlm"\n[data]\ntrain = "{tmp_path}/nope.jsonl"\n')
+    path.write_text(f'[model]\nname_or_path = "tiny:smolvlm"\n[data]\ntrain = "{tmp_path}/nope.jsonl"\n')
     result = runner.invoke(app, ["train", str(path), "--output", str(tmp_path / "run")])
     assert result.exit_code == 2 and "nope.jsonl: dataset file not found" in result.output
 

@@ -6,7 +6,7 @@ from dyme_cli.recipe import RecipeError, load_recipe, recipe_from_dict, recipe_t
 
 from conftest import REPO
 
-MINIMAL = {"model": {"name": "tiny:smolvlm"}, "data": {"train": "t.jsonl"}}
+MINIMAL = {"model": {"name_or_path": "tiny:smolvlm"}, "data": {"train": "t.jsonl"}}
 
 
 def test_every_shipped_recipe_validates():
@@ -34,7 +34,7 @@ def test_defaults_follow_the_paper():
     [
         ({"train": {"algorithm": "ppo"}}, "[train].algorithm: Input should be 'dyme', 'sft' or 'grpo'"),
         ({"rollout": {"num_generations": 1}}, "[rollout].num_generations: Input should be greater than or equal to 2"),
-        ({"model": {"name": "x", "tiny": {"image_size": 30}}}, "[model].tiny: image_size must be a multiple"),
+        ({"model": {"name_or_path": "x", "tiny": {"image_size": 30}}}, "[model].tiny: image_size must be a multiple"),
         ({"extra": {}}, "[extra]: unknown key"),
         ({"train": {"reward_weights": {"accuracy": "high"}}}, "[train.reward_weights].accuracy"),
     ],

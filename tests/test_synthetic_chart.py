@@ -1,6 +1,5 @@
 """The synthetic chart generator: determinism, facts vs pixels, answers, and reference quality levels."""
 
-import hashlib
 import re
 
 import pytest
@@ -9,20 +8,14 @@ from PIL import Image
 from dyme_cli.data import read_samples
 from dyme_cli.prepare.synthetic_chart import PALETTE, generate
 
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
+from conftest import folder_digest
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     generate(tmp_path / "a", n_train=20, n_test=5, seed=7)
     generate(tmp_path / "b", n_train=20, n_test=5, seed=7)
     generate(tmp_path / "c", n_train=20, n_test=5, seed=8)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
+    assert folder_digest(tmp_path / "a") == folder_digest(tmp_path / "b") != folder_digest(tmp_path / "c")
 
 
 def _bar_heights(image_path):
@@ -97,3 +90,16 @@ def test_bad_arguments(tmp_path):
         generate(tmp_path, n_train=1, n_test=0, min_bars=2)
     with pytest.raises(ValueError, match="unknown question kind"):
         generate(tmp_path, n_train=1, n_test=0, kinds=("median",))
+
+
+def test_the_prepare_command_writes_the_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from dyme_cli.cli import app
+    from dyme_cli.data import read_samples
+
+    result = CliRunner().invoke(app, ["prepare", "synthetic-chart", "--out", str(tmp_path / "d"), "--n-train", "5",
+                                      "--n-test", "2", "--min-bars", "3", "--max-bars", "3"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 5 train and 2 test samples" in result.output
+    assert len(read_samples(tmp_path / "d" / "train.jsonl")) == 5 and len(read_samples(tmp_path / "d" / "test.jsonl")) == 2

@@ -1,0 +1,172 @@
+"""`dyme train RECIPE --dry-run`: check everything a run needs and print its plan, without training.
+
+Checked: the datasets (readable, counts per task), the verifiers (installed, options valid), the model
+(config resolvable: a local directory, a hub id when the hub is reachable, or a tiny family), and the batch
+arithmetic. The plan gives rollouts and rows per step, generate calls, micro-batches, optimizer steps, and a
+rough memory figure for the weights, gradients and AdamW state (activations are not included).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .data import DataError, read_samples
+from .plugins import VerifierError, installed_verifiers, load_verifiers
+from .recipe import Recipe
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class Plan:
+    facts: list[tuple[str, str]] = field(default_factory=list)  # (what, value), in order
+    problems: list[str] = field(default_factory=list)  # each stops a real run
+    notes: list[str] = field(default_factory=list)  # worth knowing, not fatal
+
+    def add(self, what: str, value) -> None:
+        self.facts.append((what, str(value)))
+
+
+def dry_run(recipe: Recipe) -> Plan:
+    plan = Plan()
+    tasks = _check_data(recipe, plan)
+    _check_verifiers(recipe, tasks, plan)
+    _check_batches(recipe, plan)
+    _check_model(recipe, plan)
+    return plan
+
+
+def _check_data(recipe: Recipe, plan: Plan) -> set[str]:
+    tasks: set[str] = set()
+    for split, path in (("train", recipe.data.train), ("test", recipe.data.test)):
+        if path is None:
+            continue
+        try:
+            samples = read_samples(path)
+        except DataError as exc:
+            plan.problems.append(str(exc))
+            continue
+        counts = Counter(s.task for s in samples)
+        tasks |= set(counts)
+        with_images = sum(bool(s.images) for s in samples)
+        no_reference = sum(not s.reference.strip() for s in samples)
+        per_task = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
+        plan.add(f"{split} data", f"{path}: {len(samples)} samples ({per_task}); {with_images} with images")
+        if split == "train":
+            if no_reference:
+                plan.notes.append(f"{no_reference} training samples have no reference trace: memorizing them teaches "
+                                  "only the answer flag and the answer")
+            if len(samples) < recipe.train.prompts_per_step:
+                plan.notes.append(f"[train].prompts_per_step = {recipe.train.prompts_per_step} is more than the "
+                                  f"{len(samples)} training samples; prompts repeat within a step")
+    if (recipe.run.eval_before or recipe.run.eval_after) and recipe.data.test is None:
+        plan.notes.append("[run].eval_before/eval_after need [data].test; no held-out evaluation will run")
+    return tasks
+
+
+def _check_verifiers(recipe: Recipe, tasks: set[str], plan: Plan) -> None:
+    try:
+        load_verifiers(tasks, recipe.verifier.answer_flag, recipe.verifier.options)
+    except VerifierError as exc:
+        plan.problems.append(str(exc))
+        return
+    installed = installed_verifiers()
+    names = ", ".join(f"{t} ({installed[t].dist.name if installed[t].dist else '?'})" for t in sorted(tasks))
+    plan.add("verifiers", f"{names or 'none'}; {recipe.verifier.workers} worker processes, "
+                          f"{recipe.verifier.timeout_s:g} s per call")
+
+
+def _check_batches(recipe: Recipe, plan: Plan) -> None:
+    train, rollout, optim = recipe.train, recipe.rollout, recipe.optim
+    prompts, k = train.prompts_per_step, rollout.num_generations
+    rollouts = 0 if train.algorithm == "sft" else prompts * k
+    max_rows = prompts if train.algorithm == "sft" else prompts * k  # a memorized prompt is 1 row, an explored one K
+    plan.add("algorithm", f"{train.algorithm} (loss {train.loss_type}, beta {train.beta:g})")
+    plan.add("rollouts per step", f"{prompts} prompts x K={k} = {rollouts}" if rollouts else "none (sft)")
+    if rollouts:
+        plan.add("generate calls per step", math.ceil(prompts / rollout.prompts_per_generate))
+    plan.add("rows per step", f"at most {max_rows} (only rows with a non-zero advantage are trained)")
+    plan.add("micro-batches per update", f"at most {math.ceil(max_rows / optim.micro_batch_size)}, "
+                                         f"{optim.micro_batch_size} rows each")
+    plan.add("optimizer steps", f"{train.max_steps * train.num_iterations} ({train.max_steps} steps x mu="
+                                f"{train.num_iterations})")
+    plan.add("tokens per rollout", f"at most {rollout.max_new_tokens}")
+    if train.algorithm in ("dyme", "grpo") and k < 2:
+        plan.problems.append("[rollout].num_generations must be at least 2 for group advantages")
+    if recipe.run.save_every > train.max_steps:
+        plan.notes.append(f"[run].save_every = {recipe.run.save_every} > [train].max_steps: only the final "
+                          "checkpoint is written")
+
+
+def _check_model(recipe: Recipe, plan: Plan) -> None:
+    from .modeling import DEFAULT_LORA_TARGETS, TINY_PREFIX, model_class_for
+
+    section = recipe.model
+    if section.name_or_path.startswith(TINY_PREFIX):
+        from .tiny_models import TINY_FAMILIES
+
+        family = section.name_or_path[len(TINY_PREFIX):]
+        if family not in TINY_FAMILIES:
+            plan.problems.append(f"[model].name_or_path: unknown tiny model '{section.name_or_path}'; known: "
+                                 + ", ".join(f"tiny:{f}" for f in TINY_FAMILIES))
+        else:
+            plan.add("model", f"{section.name_or_path}: built from a config in the run directory at the first run")
+        return
+    config = _model_config(section, plan)
+    if config is None:
+        return
+    model_class, text_only = model_class_for(config)
+    total, trainable = _parameter_counts(model_class, config, section, DEFAULT_LORA_TARGETS)
+    kind = "text-only causal LM" if text_only else "vision-language model"
+    plan.add("model", f"{section.name_or_path}: {config.model_type}, {kind}, {total / 1e6:.1f}M parameters, "
+                      f"{trainable / 1e6:.2f}M trainable" + (" (LoRA)" if section.lora else ""))
+    weights = total * BYTES[section.dtype]
+    state = trainable * (BYTES[section.dtype] + 2 * BYTES[section.dtype])  # gradients + AdamW's two moments
+    reference = weights if recipe.train.beta > 0 else 0
+    plan.add("memory (rough)", f"{_gib(weights + state + reference)} = weights {_gib(weights)} + gradients and "
+                               f"optimizer state {_gib(state)}" + (f" + reference model {_gib(reference)}" if reference else "")
+             + "; activations come on top")
+
+
+def _model_config(section, plan: Plan):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(section.name_or_path, trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _is_hub_id(section.name_or_path):
+            plan.add("model", f"{section.name_or_path}: not checked (see the note)")
+            plan.notes.append(f"model '{section.name_or_path}' not checked: the hub is unreachable or the id is "
+                              f"unknown ({first_line})")
+        else:
+            plan.problems.append(f"[model].name_or_path: cannot load '{section.name_or_path}': {first_line}")
+        return None
+
+
+def _is_hub_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith((".", "/"))
+
+
+def _parameter_counts(model_class, config, section, default_targets: str) -> tuple[int, int]:
+    """(total, trainable) from the architecture alone: the model is built on the meta device (no memory)."""
+    import torch
+
+    from .modeling import vision_towers
+
+    with torch.device("meta"):
+        model = model_class.from_config(config, trust_remote_code=section.trust_remote_code)
+    total = sum(p.numel() for p in model.parameters())
+    if section.lora is not None:
+        pattern = re.compile(section.lora.target_modules or default_targets)
+        linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)]
+        return total, sum(section.lora.r * (m.in_features + m.out_features) for m in linears)
+    frozen = sum(p.numel() for tower in vision_towers(model) for p in tower.parameters()) if section.freeze_vision else 0
+    return total, total - frozen
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"

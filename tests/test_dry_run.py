@@ -1,0 +1,80 @@
+"""`dyme train RECIPE --dry-run`: every shipped recipe validates, the plan's numbers are right, and the
+parameter counts match real models."""
+
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from peft import LoraConfig, get_peft_model
+from typer.testing import CliRunner
+
+from dyme_cli import cli
+from dyme_cli.cli import app
+from dyme_cli.modeling import DEFAULT_LORA_TARGETS, load_policy, vision_towers
+from dyme_cli.plan import dry_run
+from dyme_cli.prepare import synthetic_chart, synthetic_math, synthetic_medvqa
+from dyme_cli.recipe import load_recipe
+
+from conftest import REPO, small_recipe
+
+runner = CliRunner()
+GENERATORS = {"chart": synthetic_chart.generate, "math": synthetic_math.generate, "medvqa": synthetic_medvqa.generate}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("recipe_path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_passes_the_dry_run(recipe_path, tmp_path, monkeypatch, offline):
+    """Fixture data is written where the recipe expects it; hub models are reported as not checked."""
+    recipe = load_recipe(recipe_path)
+    monkeypatch.chdir(tmp_path)
+    task = {"demo": "chart", "chart": "chart", "math": "math", "medvqa": "medvqa"}[recipe_path.stem]
+    folder = Path(recipe.data.train).parent
+    GENERATORS[task](folder, n_train=6, n_test=3, seed=0)
+    monkeypatch.setattr(cli.console, "width", 200)
+    result = runner.invoke(app, ["train", str(recipe_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "ok: the recipe is ready to train" in result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    k, prompts = recipe.rollout.num_generations, recipe.train.prompts_per_step
+    assert f"{prompts} prompts x K={k} = {prompts * k}" in text
+    assert f"train data {recipe.data.train}: 6 samples ({task} 6)" in text
+    if not recipe.model.name_or_path.startswith("tiny:"):
+        assert f"model '{recipe.model.name_or_path}' not checked" in text
+    assert not (tmp_path / recipe.run.output_dir).exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_parameter_counts_match_a_real_model(chart_data, tiny_model_dir, tmp_path, lora):
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    recipe.model.name_or_path = str(tiny_model_dir)
+    recipe.model.freeze_vision = True
+    if lora:
+        recipe.model.lora = {"r": 4}
+    plan = dict(dry_run(recipe).facts)
+    model = load_policy(str(tiny_model_dir)).model
+    total = sum(p.numel() for p in model.parameters())
+    if lora:
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=DEFAULT_LORA_TARGETS))
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    else:
+        trainable = total - sum(p.numel() for tower in vision_towers(model) for p in tower.parameters())
+    assert f"{total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable" in plan["model"]
+    assert plan["rows per step"].startswith("at most 8 ")  # 4 prompts x K = 2
+    assert plan["micro-batches per update"] == "at most 3, 3 rows each"
+
+
+def test_problems_exit_2_and_are_all_reported(tmp_path, chart_data, offline):
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text(
+        f'[model]\nname_or_path = "{tmp_path}/no-model"\n[data]\ntrain = "{tmp_path}/missing.jsonl"\n'
+        f'test = "{chart_data}/test.jsonl"\n[verifier.options.nope]\nx = 1\n')
+    result = runner.invoke(app, ["train", str(recipe_file), "--dry-run"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"{tmp_path}/missing.jsonl: dataset file not found" in text
+    assert "[verifier.options.nope]: unknown verifier 'nope'" in text
+    assert f"cannot load '{tmp_path}/no-model'" in text
