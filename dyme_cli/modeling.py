@@ -8,6 +8,8 @@ ordinary save_pretrained directory; from then on it loads exactly like a hub mod
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -140,7 +142,8 @@ def add_lora(model, lora: LoraSection):
         target_modules=lora.target_modules or DEFAULT_LORA_TARGETS,
     )
     try:
-        return get_peft_model(model, config)
+        with _quiet_peft():
+            return get_peft_model(model, config)
     except ValueError as exc:  # no module matched the regex
         raise ModelLoadError(f"[model.lora].target_modules: {str(exc).splitlines()[0]}") from None
 
@@ -183,9 +186,18 @@ def _has_tokenizer(directory: str) -> bool:
 def _load_adapter(model, adapter_dir: str, merge: bool):
     from peft import PeftModel
 
-    if merge:
-        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    with _quiet_peft():
+        if merge:
+            return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+
+@contextmanager
+def _quiet_peft():
+    """peft asks transformers a deprecated question (`is_gradient_checkpointing`); users need not see it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -81,7 +81,8 @@ _QWEN2_VL_TEMPLATE = _chatml(_QWEN_IMAGE, _QWEN_SYSTEM)
 _QWEN3_VL_TEMPLATE = _chatml(_QWEN_IMAGE)
 _QWEN2_TEMPLATE = _chatml(system=_QWEN_SYSTEM)
 # llava-onevision-qwen2: a space after the role, all images first, then each text part after a newline, and no
-# newline between turns.
+# newline between turns. The newlines are Jinja strings: transformers renders templates with trim_blocks, which
+# drops a literal newline that directly follows a block tag.
 _LLAVA_ONEVISION_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }} {% if message['content'] is string %}"
     "{{ '\\n' + message['content'] }}{% else %}{% for part in message['content'] if part['type'] == 'image' %}<image>"
@@ -240,40 +241,28 @@ def _siglip(spec: TinyModel, **extra) -> dict:
     )
 
 
-def _build_qwen_vl(version: str, out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int) -> Path:
-    """Qwen2-VL, Qwen2.5-VL or Qwen3-VL: a native-resolution ViT whose patch_size x patch_size patches are merged
-    scale_factor x scale_factor into one `<|image_pad|>` token; images are resized to at most image_size**2
-    pixels, so an image gives a handful of tokens."""
+def _build_qwen_vl(
+    out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int, *, config: str, processor: str, video_processor: str,
+    vision: dict, text: dict, template: str, image_std: list[float] | None = None,
+) -> Path:
+    """The Qwen-VL families: a native-resolution ViT whose patch_size x patch_size patches are merged scale_factor x
+    scale_factor into one `<|image_pad|>` token each; images are resized to at most image_size**2 pixels (and at
+    least one merged patch), so an image gives a handful of tokens. `vision` and `text` are the version's own
+    sub-config fields; `image_std` its normalisation (mean = std), when not CLIP's."""
     import transformers as tf
 
-    config_class, processor_class, video_class, vision, text, template, mean = {
-        "2": (tf.Qwen2VLConfig, tf.Qwen2VLProcessor, tf.Qwen2VLVideoProcessor,
-              dict(embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size, mlp_ratio=2),
-              dict(rope_parameters=_mrope(spec, 1e6)), _QWEN2_VL_TEMPLATE, None),
-        "2.5": (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor,
-                dict(hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_hidden_size * 2,
-                     out_hidden_size=spec.hidden_size, window_size=spec.patch_size * spec.scale_factor * 2,
-                     fullatt_block_indexes=[spec.vision_layers - 1]),
-                dict(rope_parameters=_mrope(spec, 1e6)), _QWEN2_VL_TEMPLATE, None),
-        "3": (tf.Qwen3VLConfig, tf.Qwen3VLProcessor, tf.Qwen3VLVideoProcessor,
-              dict(hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_hidden_size * 2,
-                   out_hidden_size=spec.hidden_size, num_position_embeddings=(spec.image_size // spec.patch_size) ** 2,
-                   deepstack_visual_indexes=[spec.vision_layers // 2]),
-              dict(head_dim=spec.hidden_size // spec.num_heads, rope_parameters=_mrope(spec, 5e6, mrope_interleaved=True)),
-              _QWEN3_VL_TEMPLATE, [0.5, 0.5, 0.5]),
-    }[version]
     tokenizer = train_bpe_tokenizer(texts, spec.vocab_size, _QWEN_VL_TOKENS)
     pixels = dict(
         size={"shortest_edge": (spec.patch_size * spec.scale_factor) ** 2, "longest_edge": spec.image_size**2},
         patch_size=spec.patch_size, merge_size=spec.scale_factor, temporal_patch_size=2,
-        **({"image_mean": mean, "image_std": mean} if mean else {}),
+        **({"image_mean": image_std, "image_std": image_std} if image_std else {}),
     )
-    processor = processor_class(
-        image_processor=tf.Qwen2VLImageProcessor(**pixels), video_processor=video_class(**pixels),
+    processor = getattr(tf, processor)(
+        image_processor=tf.Qwen2VLImageProcessor(**pixels), video_processor=getattr(tf, video_processor)(**pixels),
         tokenizer=tokenizer, chat_template=template,
     )
     token_id = tokenizer.convert_tokens_to_ids
-    config = config_class(
+    model_config = getattr(tf, config)(
         vision_config=dict(
             depth=spec.vision_layers, num_heads=spec.vision_heads, patch_size=spec.patch_size,
             spatial_merge_size=spec.scale_factor, temporal_patch_size=2, **vision,
@@ -285,19 +274,46 @@ def _build_qwen_vl(version: str, out_dir: Path, texts: Iterable[str], spec: Tiny
         vision_end_token_id=token_id("<|vision_end|>"),
         tie_word_embeddings=True,
     )
-    return _save(out_dir, _init(tf.AutoModelForImageTextToText, config, seed), processor, tokenizer)
+    return _save(out_dir, _init(tf.AutoModelForImageTextToText, model_config, seed), processor, tokenizer)
 
 
 def build_tiny_qwen2_vl(out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:
-    return _build_qwen_vl("2", out_dir, texts, spec, seed)
+    """Qwen2-VL: the vision tower's width is embed_dim, its output (hidden_size) the decoder's width."""
+    return _build_qwen_vl(
+        out_dir, texts, spec, seed, config="Qwen2VLConfig", processor="Qwen2VLProcessor",
+        video_processor="Qwen2VLVideoProcessor", template=_QWEN2_VL_TEMPLATE,
+        vision=dict(embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size, mlp_ratio=2),
+        text=dict(rope_parameters=_mrope(spec, 1e6)),
+    )
 
 
 def build_tiny_qwen2_5_vl(out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:
-    return _build_qwen_vl("2.5", out_dir, texts, spec, seed)
+    """Qwen2.5-VL: window attention in the vision tower, full attention in its last block."""
+    return _build_qwen_vl(
+        out_dir, texts, spec, seed, config="Qwen2_5_VLConfig", processor="Qwen2_5_VLProcessor",
+        video_processor="Qwen2VLVideoProcessor", template=_QWEN2_VL_TEMPLATE,
+        vision=dict(
+            hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_hidden_size * 2,
+            out_hidden_size=spec.hidden_size, window_size=spec.patch_size * spec.scale_factor * 2,
+            fullatt_block_indexes=[spec.vision_layers - 1],
+        ),
+        text=dict(rope_parameters=_mrope(spec, 1e6)),
+    )
 
 
 def build_tiny_qwen3_vl(out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:
-    return _build_qwen_vl("3", out_dir, texts, spec, seed)
+    """Qwen3-VL: learned (interpolated) vision position embeddings for an image_size grid, one DeepStack layer,
+    interleaved mrope, no default system turn."""
+    return _build_qwen_vl(
+        out_dir, texts, spec, seed, config="Qwen3VLConfig", processor="Qwen3VLProcessor",
+        video_processor="Qwen3VLVideoProcessor", template=_QWEN3_VL_TEMPLATE, image_std=[0.5, 0.5, 0.5],
+        vision=dict(
+            hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_hidden_size * 2,
+            out_hidden_size=spec.hidden_size, num_position_embeddings=(spec.image_size // spec.patch_size) ** 2,
+            deepstack_visual_indexes=[spec.vision_layers // 2],
+        ),
+        text=dict(head_dim=spec.hidden_size // spec.num_heads, rope_parameters=_mrope(spec, 5e6, mrope_interleaved=True)),
+    )
 
 
 def build_tiny_llava_onevision(out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:

@@ -72,7 +72,7 @@ def test_loads_as_its_family(built, policy):
     model, tokenizer = policy.model, policy.tokenizer
     assert type(model).__name__ == architecture == TINY_FAMILIES[family].architecture
     assert policy.text_only == (image is None)
-    assert 100_000 // 4 < sum(p.numel() for p in model.parameters()) < 1_000_000
+    assert 25_000 < sum(p.numel() for p in model.parameters()) < 1_000_000  # 100k-360k at the default TinyModel
     vocab = model.get_input_embeddings().weight.shape[0]
     assert len(tokenizer) == vocab
     assert policy.eos_token_ids == [tokenizer.convert_tokens_to_ids(TINY_FAMILIES[family].eos)]
@@ -87,7 +87,8 @@ def test_loads_as_its_family(built, policy):
 def test_generates_and_trains(built, policy, image_dir):
     family, _ = built
     _, start, image, generation_prompt = EXPECTED[family]
-    messages = [{"role": "user", "content": QUESTIONS[0] if policy.text_only else [{"type": "image"}, {"type": "text", "text": QUESTIONS[0]}]}]
+    parts = [{"type": "image"}, {"type": "text", "text": QUESTIONS[0]}]
+    messages = [{"role": "user", "content": QUESTIONS[0] if policy.text_only else parts}]
     rendered = policy.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert rendered == start + (image or "") + QUESTIONS[0] + generation_prompt
     prompts = [encode_prompt(policy, s) for s in samples(policy, image_dir)]
@@ -95,8 +96,7 @@ def test_generates_and_trains(built, policy, image_dir):
     assert prompts[0]["input_ids"].shape[1] != prompts[1]["input_ids"].shape[1]
     if image is None:
         assert set(prompts[0]) == {"input_ids", "attention_mask"}
-    else:  # the template writes the family's placeholder, which the processor expands to the image's tokens
-        assert image in rendered
+    else:  # the processor expands the placeholder to the image's tokens, which generation must never emit
         image_id = policy.model.config.image_token_id
         assert (prompts[0]["input_ids"] == image_id).sum() >= 4 and image_id in policy.blocked_token_ids
 
