@@ -40,15 +40,16 @@ def traces_file(path: Path) -> Path:
     return path
 
 
-def recorded_datasets(run_dir: Path) -> tuple[list[Path], str | None]:
-    """The train/test datasets and answer flag a run's recipe.toml recorded (empty, None without one)."""
+def recorded_datasets(run_dir: Path, notes: list[str]) -> tuple[list[Path], str | None]:
+    """The train/test datasets and answer flag a run's recipe.toml recorded (empty, None without a usable one)."""
     from .recipe import RecipeError, load_recipe
 
     if not (run_dir / "recipe.toml").is_file():
         return [], None
     try:
         recipe = load_recipe(run_dir / "recipe.toml")
-    except RecipeError:
+    except RecipeError as exc:
+        notes.append(f"cannot use the run's recipe ({exc}); pass --data")
         return [], None
     return [p for p in (recipe.data.train, recipe.data.test) if p is not None], recipe.verifier.answer_flag
 
@@ -59,7 +60,7 @@ def inspect(path: Path, *, data: list[Path] = (), steps=None, mode: str | None =
     datasets; eval traces carry their own."""
     notes: list[str] = []
     source = traces_file(path)
-    recorded, recorded_flag = recorded_datasets(path) if path.is_dir() else ([], None)
+    recorded, recorded_flag = recorded_datasets(path, notes) if path.is_dir() else ([], None)
     datasets = list(data) or recorded
     samples: dict[str, Sample] = {}
     for dataset in datasets:

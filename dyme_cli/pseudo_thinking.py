@@ -640,6 +640,7 @@ class ReferenceIndex:
                 postings[gram].append(pid)
         self.postings = dict(postings)
         self._df = {gram: len(pids) for gram, pids in self.postings.items()}  # document frequency
+        self._matches: dict[tuple[frozenset, str | None], tuple[str, float] | None] = {}
 
     def __contains__(self, prompt_id: object) -> bool:
         return prompt_id in self.sets
@@ -660,6 +661,12 @@ class ReferenceIndex:
         grams = shingles(text_or_shingles) if isinstance(text_or_shingles, str) else text_or_shingles
         if not grams:
             return None
+        key = (grams, exclude)  # rollouts often repeat a trace word for word (K samples, converged prompts)
+        if key not in self._matches:
+            self._matches[key] = self._best_match(grams, exclude)
+        return self._matches[key]
+
+    def _best_match(self, grams: frozenset, exclude: str | None) -> tuple[str, float] | None:
         size = len(grams)
         probe = size - math.ceil(self.threshold * size - 1e-9) + 1
         rarest = sorted(grams, key=lambda gram: self._df.get(gram, 0))[:probe]
