@@ -197,7 +197,7 @@ def test_chartqa_hf_layout(tmp_path):
     assert len(list((out / "images").iterdir())) == 1  # the shared image is stored once
     assert _text(result) == (
         f"wrote 2 samples to {out / 'train.jsonl'}; "
-        "skipped 3 rows (missing image: 1, unreadable image: 1, empty answer: 1)"
+        f"skipped 3 rows (missing image: 1, unreadable image: 1, empty answer: 1); {NO_REFERENCE}"
     )
 
 

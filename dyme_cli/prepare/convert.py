@@ -548,7 +548,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("math", "math", "Hendrycks MATH: the last \\boxed{} is the answer, the solution the reference.",
            _math, load_table, (("problem",), ("solution",))),
     Source("chartqa", "chart", "ChartQA: the HF layout or the original split folder (*_human.json, png/).",
-           _chartqa, _load_chartqa, (_IMAGE, ("query", "question"), ("label", "answer"))),
+           _chartqa, _load_chartqa, (_IMAGE, ("query", "question"), ("label", "answer")), NO_REFERENCE),
     Source("slake", "medvqa", "SLAKE medical VQA: the HF layout or the original release (<split>.json, imgs/).",
            _medvqa, _load_slake, (_IMAGE, ("question",), ("answer",)), NO_REFERENCE),
     Source("vqa-rad", "medvqa", "VQA-RAD radiology VQA (HF layout: image, question, answer).",
