@@ -190,6 +190,8 @@ def eval_command(
         err_console.print("[yellow]interrupted; partial results:[/]")
         _print_eval(reports, data, json_out)
         raise typer.Exit(130)
+    except VerifierError as exc:
+        _fail(str(exc))
     _print_eval(reports, data, json_out)
 
 
@@ -438,11 +440,14 @@ def verifiers_check(
         loaded = read_cases(cases, name) if cases else read_samples(data)
     except (VerifierError, DataError, ValueError) as exc:
         _fail(str(exc))
-    with VerifierPool({name: verifier}, timeout_s=timeout_s, workers=2) as pool:
-        if calibrate:
-            _print_calibration(name, run_calibration(pool, name, loaded, answer_flag).to_dict(), as_json)
-            return
-        results = check_cases(pool, name, loaded)
+    try:
+        with VerifierPool({name: verifier}, timeout_s=timeout_s, workers=2) as pool:
+            if calibrate:
+                _print_calibration(name, run_calibration(pool, name, loaded, answer_flag).to_dict(), as_json)
+                return
+            results = check_cases(pool, name, loaded)
+    except VerifierError as exc:
+        _fail(str(exc))
     _print_case_results(name, results, as_json)
 
 

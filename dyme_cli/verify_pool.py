@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
+from .plugins import VerifierError
 from .verdict import Verdict
 
 Job = tuple[str, str, Any]  # (verifier name, completion, sample)
@@ -104,8 +105,12 @@ class VerifierPool:
     def _start(self) -> _Worker:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_serve, args=(child, self.verifiers), daemon=True)
-        process.start()
-        child.close()
+        try:
+            process.start()  # pickles the verifiers
+        except Exception as exc:
+            raise VerifierError(f"verifiers must be picklable to run in worker processes: {type(exc).__name__}: {exc}") from None
+        finally:
+            child.close()
         return _Worker(process, parent)
 
     def _assign(self, worker: _Worker, index: int, jobs: Sequence[Job]) -> None:

@@ -73,3 +73,18 @@ def test_math_verifier_in_a_pool_from_a_worker_thread():
             ("math", "Answer: 0.51", Sample(id="m", task="math", question="q", answer="0.5")),
         ]))
     assert [(v.correct, failed) for v, failed in results] == [(True, False), (False, False)]
+
+
+def test_an_unpicklable_verifier_is_a_one_line_error():
+    import threading as th
+
+    from dyme_cli.plugins import VerifierError
+
+    class Local:  # defined in a function: cannot be pickled into a worker
+        lock = th.Lock()
+
+        def verify(self, completion, sample):
+            return None
+
+    with VerifierPool({"local": Local()}) as pool, pytest.raises(VerifierError, match="must be picklable"):
+        pool.verify([("local", "x", _sample())])
