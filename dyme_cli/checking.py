@@ -49,13 +49,14 @@ def read_cases(path: Path, name: str) -> list[Case]:
     cases = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
-            cases.append(_parse_case(f"{path}:{lineno}", line, name, lineno))
+            cases.append(_parse_case(path, lineno, line, name))
     if not cases:
         raise DataError(f"{path}: no cases")
     return cases
 
 
-def _parse_case(where: str, line: str, name: str, lineno: int) -> Case:
+def _parse_case(path: Path, lineno: int, line: str, name: str) -> Case:
+    where = f"{path}:{lineno}"
     record = json_object(line, where)
     completion, sample, expect = record.get("completion"), record.get("sample"), record.get("expect")
     if not isinstance(completion, str):

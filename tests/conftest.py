@@ -13,6 +13,14 @@ PLUGINS = Path(__file__).resolve().parent / "plugins"  # a third-party verifier 
 
 
 @pytest.fixture
+def offline_hub(monkeypatch) -> None:
+    """No network: a hub id fails at once instead of retrying (the env var alone is read too early)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
 def example_plugin(monkeypatch) -> None:
     """Make the example third-party plugin visible to importlib.metadata, as if it were pip-installed."""
     monkeypatch.syspath_prepend(str(PLUGINS))

@@ -161,12 +161,9 @@ def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, chart_data):
     assert resumed.steps == 4
 
 
-def test_unreachable_hub_model_is_a_one_line_error(monkeypatch):
+def test_unreachable_hub_model_is_a_one_line_error(offline_hub):
     from dyme_cli.modeling import ModelLoadError, load_policy
 
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network in tests
     with pytest.raises(ModelLoadError) as info:
         load_policy("HuggingFaceTB/SmolVLM-256M-Instruct")
     assert "cannot load model 'HuggingFaceTB/SmolVLM-256M-Instruct'" in str(info.value)

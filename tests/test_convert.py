@@ -6,7 +6,6 @@ import json
 import re
 
 import datasets
-import huggingface_hub.constants
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -20,9 +19,8 @@ NO_REFERENCE = "no reasoning traces in this source: reference left empty for DyM
 
 
 @pytest.fixture(autouse=True)
-def offline_hub(tmp_path, monkeypatch):
-    """No network (a hub name fails at once instead of retrying) and a private datasets cache."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+def offline_datasets(offline_hub, tmp_path, monkeypatch):
+    """No network for `datasets` either, and a private datasets cache."""
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 

@@ -3,7 +3,6 @@ parameter counts match real models."""
 
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 from peft import LoraConfig, get_peft_model
 from typer.testing import CliRunner
@@ -21,13 +20,8 @@ runner = CliRunner()
 GENERATORS = {"chart": synthetic_chart.generate, "math": synthetic_math.generate, "medvqa": synthetic_medvqa.generate}
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.mark.parametrize("recipe_path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_passes_the_dry_run(recipe_path, tmp_path, monkeypatch, offline):
+def test_every_shipped_recipe_passes_the_dry_run(recipe_path, tmp_path, monkeypatch, offline_hub):
     """Fixture data is written where the recipe expects it; hub models are reported as not checked."""
     recipe = load_recipe(recipe_path)
     monkeypatch.chdir(tmp_path)
@@ -67,7 +61,7 @@ def test_parameter_counts_match_a_real_model(chart_data, tiny_model_dir, tmp_pat
     assert plan["micro-batches per update"] == "at most 3, 3 rows each"
 
 
-def test_problems_exit_2_and_are_all_reported(tmp_path, chart_data, offline):
+def test_problems_exit_2_and_are_all_reported(tmp_path, chart_data, offline_hub):
     recipe_file = tmp_path / "r.toml"
     recipe_file.write_text(
         f'[model]\nname_or_path = "{tmp_path}/no-model"\n[data]\ntrain = "{tmp_path}/missing.jsonl"\n'

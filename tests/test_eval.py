@@ -140,10 +140,7 @@ def test_ctrl_c_prints_partial_results(tmp_path, chart_data, tiny_model_dir, mon
     assert numbers["overall"]["n"] == 3  # the first batch of 3 prompts was scored
 
 
-def test_unknown_checkpoint_and_verifier_are_one_line_errors(tmp_path, chart_data, monkeypatch):
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+def test_unknown_checkpoint_and_verifier_are_one_line_errors(tmp_path, chart_data, offline_hub):
     data = str(chart_data / "test.jsonl")
     missing = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nothing"), "--data", data])
     assert missing.exit_code == 2 and missing.output.strip() == f"error: cannot load model '{tmp_path / 'nothing'}': no such directory"

@@ -16,7 +16,8 @@ from typing import Callable, Literal
 
 from PIL import Image, ImageDraw
 
-from ..data import Sample, write_samples
+from ..data import Sample
+from .splits import write_splits
 
 PALETTE = {
     "red": (220, 40, 40),
@@ -201,17 +202,12 @@ def generate(
         raise ValueError(f"unknown question kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split, n, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1_000_003)):
-        rng = random.Random(split_seed)
-        samples = []
-        for i in range(n):
-            # The test split keeps honest (high quality) references: it is for measuring, not learning.
-            q = quality if split == "train" else "high"
-            sample, chart = make_sample(
-                i, split, rng, min_bars=min_bars, max_bars=max_bars, max_value=max_value, quality=q, kinds=kinds
-            )
-            render(chart, image_size).save(out / sample.images[0])
-            samples.append(sample)
-        counts[split] = write_samples(out / f"{split}.jsonl", samples)
-    return counts
+
+    def make(i: int, split: str, rng: random.Random, q: str) -> Sample:
+        sample, chart = make_sample(
+            i, split, rng, min_bars=min_bars, max_bars=max_bars, max_value=max_value, quality=q, kinds=kinds
+        )
+        render(chart, image_size).save(out / sample.images[0])
+        return sample
+
+    return write_splits(out, n_train=n_train, n_test=n_test, seed=seed, quality=quality, make=make)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional, Union
 
-from ..data import Sample, write_samples
+from ..data import Sample
+from .splits import write_splits
 
 Quality = Literal["high", "medium", "low"]
 QUALITIES = ("high", "medium", "low")
@@ -318,14 +319,7 @@ def generate(
     """Write train.jsonl and test.jsonl under `out` (text only, no images). Same seed, same bytes."""
     validate(n_train=n_train, n_test=n_test, quality=quality, min_steps=min_steps, max_steps=max_steps,
              max_number=max_number)
-    out = Path(out)
-    counts = {}
-    for split, n, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1_000_003)):
-        rng = random.Random(split_seed)
-        q = quality if split == "train" else "high"  # the test split measures; it keeps honest references
-        samples = [
-            make_sample(i, split, rng, min_steps=min_steps, max_steps=max_steps, max_number=max_number, quality=q)
-            for i in range(n)
-        ]
-        counts[split] = write_samples(out / f"{split}.jsonl", samples)
-    return counts
+    def make(i: int, split: str, rng: random.Random, q: str) -> Sample:
+        return make_sample(i, split, rng, min_steps=min_steps, max_steps=max_steps, max_number=max_number, quality=q)
+
+    return write_splits(out, n_train=n_train, n_test=n_test, seed=seed, quality=quality, make=make)

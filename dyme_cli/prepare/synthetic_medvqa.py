@@ -33,7 +33,8 @@ from typing import Callable, Literal, Optional
 
 from PIL import Image, ImageDraw
 
-from ..data import Sample, write_samples
+from ..data import Sample
+from .splits import write_splits
 
 Quality = Literal["high", "medium", "low"]
 QUALITIES = ("high", "medium", "low")
@@ -325,14 +326,10 @@ def generate(
     validate(n_train=n_train, n_test=n_test, quality=quality, image_size=image_size, kinds=kinds)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split, n, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1_000_003)):
-        rng = random.Random(split_seed)
-        q = quality if split == "train" else "high"  # the test split measures; it keeps honest references
-        samples = []
-        for i in range(n):
-            sample, scan = make_sample(i, split, rng, quality=q, image_size=image_size, kinds=kinds)
-            render(scan, image_size).save(out / sample.images[0])
-            samples.append(sample)
-        counts[split] = write_samples(out / f"{split}.jsonl", samples)
-    return counts
+
+    def make(i: int, split: str, rng: random.Random, q: str) -> Sample:
+        sample, scan = make_sample(i, split, rng, quality=q, image_size=image_size, kinds=kinds)
+        render(scan, image_size).save(out / sample.images[0])
+        return sample
+
+    return write_splits(out, n_train=n_train, n_test=n_test, seed=seed, quality=quality, make=make)
