@@ -17,16 +17,16 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dyme_cli import dyme
+from dyme_cli.batch import PromptGroup, StepBatch
 from dyme_cli.data import read_samples, target_text
-from dyme_cli.dyme import Mode
 from dyme_cli.modeling import load_policy
 from dyme_cli.tiny_models import build_tiny_smolvlm
 from dyme_cli.plugins import load_verifiers
 from dyme_cli.prepare.synthetic_chart import generate as make_charts
 from dyme_cli.recipe import TinyModel, recipe_from_dict
-from dyme_cli.trainer import Engine, Row, assemble_rows, build_optimizer, memorization_target, update, verify_groups
-from dyme_cli.rollout import encode_prompt, generate
+from dyme_cli.rollout import encode_prompt
+from dyme_cli.trainer import Engine, Row, assemble_rows, build_optimizer, gate, sample_rollouts, update, verify
+from dyme_cli.verify_pool import VerifierPool
 
 
 def main() -> None:
@@ -48,18 +48,16 @@ def main() -> None:
     })
     policy = load_policy(str(work / "model"))
     optimizer, scheduler = build_optimizer(policy.model, recipe, 100)
-    engine = Engine(recipe, policy, samples, load_verifiers(["chart"], "Answer:"), optimizer, scheduler, Accelerator(cpu=True))
-
-    prompts = [encode_prompt(policy, s) for s in samples]
-    groups = generate(policy, prompts, num_generations=args.k, max_new_tokens=40, batch_size=args.prompts)
-    verdicts, _ = verify_groups(engine, samples, groups)
-    # Reward accuracy only: with an untrained model almost every group is all-wrong, the case DyME memorizes.
-    rewards = [[v.rewards["accuracy"] for v in group] for group in verdicts]
-    decisions = dyme.decide([[v.correct for v in g] for g in verdicts], rewards)
-    targets = [memorization_target(policy, s, "Answer:") if d.mode is Mode.MEMORIZE else None
-               for s, d in zip(samples, decisions)]
-    engine_rows = assemble_rows(prompts, groups, decisions, targets)
-    naive_rows = [Row(p, c.ids, a) for p, g, d in zip(prompts, groups, decisions) for c, a in zip(g, d.advantages)]
+    with VerifierPool(load_verifiers(["chart"], "Answer:")) as pool:
+        engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, Accelerator(cpu=True))
+        # One step's rollouts, verdicts and gate. Rewards are accuracy only: with an untrained model almost every
+        # group is all-wrong, the case DyME memorizes.
+        batch = StepBatch(1, [PromptGroup(s, encode_prompt(policy, s)) for s in samples])
+        sample_rollouts(engine, batch)
+        verify(engine, batch)
+        gate(engine, batch)
+    engine_rows = assemble_rows(batch.groups)
+    naive_rows = [Row(g.prompt, c.ids, a) for g in batch.groups for c, a in zip(g.completions, g.decision.advantages)]
     naive_rows += [r for r in engine_rows if r.memorized]
 
     timings = {"engine": 0.0, "naive": 0.0}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .data import DataError, Sample, json_object, target_text, validate_sample
+from .data import DataError, Sample, jsonl_records, target_text, validate_sample
 from .verdict import Verdict
 from .verify_pool import VerifierPool
 
@@ -43,21 +43,13 @@ class CaseResult:
 def read_cases(path: Path, name: str) -> list[Case]:
     """JSONL lines {"completion": str, "sample": {...}, "expect": bool?}; the sample's id, task and question
     may be left out. A malformed line raises DataError naming the file, line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: cases file not found")
-    cases = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            cases.append(_parse_case(path, lineno, line, name))
+    cases = [_parse_case(f"{path}:{lineno}", lineno, record, name) for lineno, record in jsonl_records(path, "cases")]
     if not cases:
         raise DataError(f"{path}: no cases")
     return cases
 
 
-def _parse_case(path: Path, lineno: int, line: str, name: str) -> Case:
-    where = f"{path}:{lineno}"
-    record = json_object(line, where)
+def _parse_case(where: str, lineno: int, record: dict, name: str) -> Case:
     completion, sample, expect = record.get("completion"), record.get("sample"), record.get("expect")
     if not isinstance(completion, str):
         raise DataError(f"{where}: field 'completion': expected a string")
@@ -153,11 +145,6 @@ def _number_text(x: float, decimals: int) -> str:
     return "0" if text in ("", "-0") else text
 
 
-def with_answer(sample: Sample, answer: str, answer_flag: str) -> str:
-    """The sample's reference reasoning followed by the flag and `answer`."""
-    return f"{sample.reference.strip()} {answer_flag} {answer}".strip()
-
-
 def calibrate(pool: VerifierPool, name: str, samples: Sequence[Sample], answer_flag: str, seed: int = 0) -> Calibration:
     rng = random.Random(seed)
     categories = [s.answer for s in samples if not _NUMERIC_ANSWER.fullmatch(s.answer.strip())]
@@ -166,7 +153,7 @@ def calibrate(pool: VerifierPool, name: str, samples: Sequence[Sample], answer_f
         jobs.append((name, target_text(sample, answer_flag), sample))
         labels.append((sample, None, sample.answer))
         for kind, answer in perturbed_answers(sample.answer, categories, rng):
-            jobs.append((name, with_answer(sample, answer, answer_flag), sample))
+            jobs.append((name, target_text(sample, answer_flag, answer), sample))
             labels.append((sample, kind, answer))
     report = Calibration(samples=len(samples))
     for (sample, kind, answer), (verdict, failed) in zip(labels, pool.verify(jobs)):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import UserError, validation_problem
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Unusable dataset input; the message is one line naming the file, line and field."""
 
 
@@ -37,31 +39,36 @@ class Sample(BaseModel):
         return [base / p for p in self.images]
 
 
-def target_text(sample: Sample, answer_flag: str) -> str:
-    """What memorization teaches: reference reasoning + answer flag + gold answer (eos added by the caller)."""
+def target_text(sample: Sample, answer_flag: str, answer: str | None = None) -> str:
+    """What memorization teaches: reference reasoning + answer flag + gold answer (eos added by the caller).
+    `answer` replaces the gold answer (a perturbed completion for calibration)."""
     reasoning = sample.reference.strip()
-    answer = f"{answer_flag} {sample.answer}"
-    return f"{reasoning} {answer}" if reasoning else answer
+    flagged = f"{answer_flag} {sample.answer if answer is None else answer}"
+    return f"{reasoning} {flagged}" if reasoning else flagged
 
 
 def read_samples(path: Path) -> list[Sample]:
     """Read a JSONL dataset. A malformed line raises DataError naming file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset file not found")
-    samples = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            samples.append(_parse_line(path, lineno, line))
+    samples = [_parse_sample(path, f"{path}:{lineno}", record) for lineno, record in jsonl_records(path, "dataset")]
     if not samples:
         raise DataError(f"{path}: no samples")
     return samples
 
 
-def json_object(line: str, where: str) -> dict:
-    """One JSONL line as a dict; DataError naming `where` (file:line) otherwise."""
+def jsonl_records(path: Path, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for every non-blank line of a JSONL file; DataError naming the file (missing)
+    or the line (not a JSON object). `what` names the file's role in the not-found message."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found")
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if line.strip():
+                yield lineno, _json_object(line, f"{path}:{lineno}")
+
+
+def _json_object(line: str, where: str) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -71,12 +78,12 @@ def json_object(line: str, where: str) -> dict:
     return record
 
 
-def _parse_line(path: Path, lineno: int, line: str) -> Sample:
-    sample = validate_sample(json_object(line, f"{path}:{lineno}"), f"{path}:{lineno}")
+def _parse_sample(path: Path, where: str, record: dict) -> Sample:
+    sample = validate_sample(record, where)
     sample.root = path.parent
     for image in sample.image_paths():
         if not image.is_file():
-            raise DataError(f"{path}:{lineno}: field 'images': file not found: {image}")
+            raise DataError(f"{where}: field 'images': file not found: {image}")
     return sample
 
 
@@ -85,9 +92,15 @@ def validate_sample(record: dict, where: str, prefix: str = "") -> Sample:
     try:
         return Sample.model_validate(record)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise DataError(f"{where}: field '{prefix}{field}': {err['msg']}") from None
+        loc, msg = validation_problem(exc)
+        field = ".".join(str(p) for p in loc)
+        raise DataError(f"{where}: field '{prefix}{field}': {msg}") from None
+
+
+def append_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """Append one JSON line per record."""
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
 
 
 def write_samples(path: Path, samples: Iterable[Sample]) -> int:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import Sample
+from .data import Sample, append_jsonl
 from .modeling import Policy
+from .recipe import DEFAULT_REWARD_WEIGHTS
 from .rollout import Completion, encode_prompt, generate
+from .traces import eval_traces
 from .verdict import Verdict
 from .verify_pool import VerifierPool
 
@@ -65,10 +68,6 @@ class EvalReport:
         if "kind" in sample.meta:
             self.by_kind[(task, str(sample.meta["kind"]))].add(group)
 
-    @property
-    def accuracy(self) -> float:
-        return self.overall.summary()["accuracy"]
-
     def rows(self) -> list[tuple[str, str, dict]]:
         """(task, kind, numbers) for each kind of each task, then the task, then everything."""
         rows = []
@@ -88,6 +87,17 @@ class EvalReport:
 
 
 GroupCallback = Callable[[Sample, str, Sequence[tuple[Completion, Verdict]]], None]
+
+
+def trace_writer(path: Path, run: str, step: int, reward_weights: dict[str, float] = DEFAULT_REWARD_WEIGHTS
+                 ) -> GroupCallback:
+    """An `on_group` callback appending each evaluated prompt's traces (mode "eval") to `path`."""
+
+    def write(sample: Sample, task: str, group: Sequence[tuple[Completion, Verdict]]) -> None:
+        append_jsonl(path, eval_traces(run=run, step=step, sample=sample, task=task, group=group,
+                                       reward_weights=reward_weights))
+
+    return write
 
 
 def evaluate(
@@ -116,10 +126,10 @@ def evaluate(
         groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
                           greedy=greedy, temperature=temperature, batch_size=batch_size)
         tasks = [verifier or s.task for s in chunk]
-        jobs = [(task, c.text, s) for s, task, group in zip(chunk, tasks, groups) for c in group]
-        verdicts = iter(v for v, _ in verifiers.verify(jobs))
-        for sample, task, group in zip(chunk, tasks, groups):
-            scored = [(completion, next(verdicts)) for completion in group]
+        verdicts, _ = verifiers.verify_groups(
+            [(task, s, [c.text for c in group]) for s, task, group in zip(chunk, tasks, groups)])
+        for sample, task, group, group_verdicts in zip(chunk, tasks, groups, verdicts):
+            scored = list(zip(group, group_verdicts))
             report.add(sample, task, scored)
             if on_group:
                 on_group(sample, task, scored)

@@ -16,11 +16,14 @@ from typing import Iterable
 
 import torch
 
+from .errors import UserError, first_line
+from .hub import is_hub_id
 from .recipe import LoraSection, ModelSection
 
 TINY_PREFIX = "tiny:"
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(UserError, RuntimeError):
     """The model or processor could not be loaded; one line saying which and why."""
 
 
@@ -44,20 +47,28 @@ def is_tiny(name: str) -> bool:
     return name.startswith(TINY_PREFIX)
 
 
-def resolve_model_path(section: ModelSection, run_dir: Path, texts: Iterable[str], seed: int) -> str:
-    """Where to load the model from: the given hub id/dir, or a freshly built tiny model in the run dir
-    (an absolute path, so adapters and checkpoints that record it work from any directory)."""
-    from .tiny_models import TINY_FAMILIES, build_tiny
+def resolve_model_path(section: ModelSection, tiny_dir: Path, texts: Iterable[str], seed: int) -> str:
+    """Where to load the model from: the given hub id/dir, or a tiny model built once in `tiny_dir`
+    (returned as an absolute path, so adapters and checkpoints that record it work from any directory)."""
+    from .tiny_models import build_tiny
 
     if not is_tiny(section.name_or_path):
         return section.name_or_path
-    family = section.name_or_path[len(TINY_PREFIX):]
-    if family not in TINY_FAMILIES:
-        raise ModelLoadError(f"[model].name_or_path: unknown tiny model '{section.name_or_path}'; known: tiny:{', tiny:'.join(TINY_FAMILIES)}")
-    out = (Path(run_dir) / "base-model").resolve()
+    family = tiny_family(section.name_or_path)
+    out = Path(tiny_dir).resolve()
     if not (out / "config.json").is_file():
         build_tiny(family, out, ["User: Assistant:", *texts], section.tiny, seed=seed)
     return str(out)
+
+
+def tiny_family(name: str) -> str:
+    """The family of a `tiny:<family>` model name; ModelLoadError naming the known ones otherwise."""
+    from .tiny_models import TINY_FAMILIES
+
+    family = name[len(TINY_PREFIX):]
+    if family not in TINY_FAMILIES:
+        raise ModelLoadError(f"[model].name_or_path: unknown tiny model '{name}'; known: tiny:{', tiny:'.join(TINY_FAMILIES)}")
+    return family
 
 
 def load_policy(
@@ -73,7 +84,7 @@ def load_policy(
     """
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-    if _looks_local(name_or_path) and not Path(name_or_path).exists():
+    if not is_hub_id(name_or_path) and not Path(name_or_path).exists():
         raise ModelLoadError(f"cannot load model '{name_or_path}': no such directory")
     base = adapter_base_model(name_or_path)
     model_source = name_or_path if base is None else base
@@ -88,8 +99,7 @@ def load_policy(
         if base is not None:
             model = _load_adapter(model, name_or_path, merge=merge_adapter)
     except (OSError, ValueError, ImportError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line}") from None
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
     tokenizer = getattr(processor, "tokenizer", processor)
     eos = _eos_ids(model, tokenizer)
     blocked = sorted(set(tokenizer.all_special_ids) - set(eos))
@@ -155,17 +165,6 @@ def vision_towers(model: torch.nn.Module) -> list[torch.nn.Module]:
         if name.rsplit(".", 1)[-1] in VISION_TOWERS and not any(name.startswith(f + ".") for f, _ in found):
             found.append((name, module))
     return [module for _, module in found]
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(all parameters, trainable parameters)."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-
-
-def _looks_local(name_or_path: str) -> bool:
-    """A path rather than a hub id (`org/name`)."""
-    return Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
 
 
 def adapter_base_model(name_or_path: str) -> str | None:

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .data import DataError, read_samples
+from .errors import first_line
+from .hub import is_hub_id
 from .plugins import VerifierError, installed_verifiers, load_verifiers
 from .recipe import Recipe
 
@@ -30,7 +32,10 @@ class Plan:
         self.facts.append((what, str(value)))
 
 
-def dry_run(recipe: Recipe) -> Plan:
+def dry_run(recipe: Recipe, max_steps: int | None = None) -> Plan:
+    """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given)."""
+    if max_steps:
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": max_steps})})
     plan = Plan()
     tasks = _check_data(recipe, plan)
     _check_verifiers(recipe, tasks, plan)
@@ -102,18 +107,16 @@ def _check_batches(recipe: Recipe, plan: Plan) -> None:
 
 
 def _check_model(recipe: Recipe, plan: Plan) -> None:
-    from .modeling import DEFAULT_LORA_TARGETS, TINY_PREFIX, model_class_for
+    from .modeling import DEFAULT_LORA_TARGETS, ModelLoadError, is_tiny, model_class_for, tiny_family
 
     section = recipe.model
-    if section.name_or_path.startswith(TINY_PREFIX):
-        from .tiny_models import TINY_FAMILIES
-
-        family = section.name_or_path[len(TINY_PREFIX):]
-        if family not in TINY_FAMILIES:
-            plan.problems.append(f"[model].name_or_path: unknown tiny model '{section.name_or_path}'; known: "
-                                 + ", ".join(f"tiny:{f}" for f in TINY_FAMILIES))
-        else:
-            plan.add("model", f"{section.name_or_path}: built from a config in the run directory at the first run")
+    if is_tiny(section.name_or_path):
+        try:
+            tiny_family(section.name_or_path)
+        except ModelLoadError as exc:
+            plan.problems.append(str(exc))
+            return
+        plan.add("model", f"{section.name_or_path}: built from a config in the run directory at the first run")
         return
     config = _model_config(section, plan)
     if config is None:
@@ -137,18 +140,14 @@ def _model_config(section, plan: Plan):
     try:
         return AutoConfig.from_pretrained(section.name_or_path, trust_remote_code=section.trust_remote_code)
     except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if _is_hub_id(section.name_or_path):
+        reason = first_line(exc)
+        if is_hub_id(section.name_or_path):
             plan.add("model", f"{section.name_or_path}: not checked (see the note)")
             plan.notes.append(f"model '{section.name_or_path}' not checked: the hub is unreachable or the id is "
-                              f"unknown ({first_line})")
+                              f"unknown ({reason})")
         else:
-            plan.problems.append(f"[model].name_or_path: cannot load '{section.name_or_path}': {first_line}")
+            plan.problems.append(f"[model].name_or_path: cannot load '{section.name_or_path}': {reason}")
         return None
-
-
-def _is_hub_id(name: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith((".", "/"))
 
 
 def _parameter_counts(model_class, config, section, default_targets: str) -> tuple[int, int]:

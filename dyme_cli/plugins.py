@@ -15,10 +15,12 @@ from typing import Any, Iterable
 
 from pydantic import ConfigDict, ValidationError, create_model
 
+from .errors import UserError, validation_problem
+
 GROUP = "dyme.verifiers"
 
 
-class VerifierError(LookupError):
+class VerifierError(UserError, LookupError):
     """A verifier that is not installed or cannot be constructed; one line."""
 
 
@@ -87,9 +89,8 @@ def validate_options(name: str, cls: type, options: dict) -> dict:
     try:
         validated = model.model_validate(options)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+        loc, msg = validation_problem(exc, unknown="unknown option")
+        key = ".".join(str(p) for p in loc)
         known = ", ".join(fields) or "none"
         raise VerifierError(f"[verifier.options.{name}].{key}: {msg} (options: {known})") from None
     return {key: getattr(validated, key) for key in options}

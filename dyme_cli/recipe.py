@@ -12,13 +12,18 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import UserError, validation_problem
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 
-class RecipeError(ValueError):
+DEFAULT_REWARD_WEIGHTS = {"accuracy": 1.0, "format": 0.5}  # [train].reward_weights, and dyme eval's trace rewards
+
+
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be used; the message is one line naming the file and the key."""
 
 
@@ -91,7 +96,7 @@ class TrainSection(_Section):
     all_correct: Literal["skip", "explore"] = "skip"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     std_eps: float = Field(1e-4, gt=0)
-    reward_weights: dict[str, float] = {"accuracy": 1.0, "format": 0.5}
+    reward_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     epsilon: float = Field(0.2, ge=0)
     epsilon_high: Optional[float] = Field(None, ge=0, description="defaults to epsilon")
@@ -163,9 +168,8 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = _key_path(first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        loc, msg = validation_problem(exc, unknown="unknown key")
+        key = _key_path(loc)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise RecipeError(f"{source}: {key}: {msg}{more}") from None
 

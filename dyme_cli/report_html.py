@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .data import Sample
 from .pseudo_thinking import FLAGS, Flag
+from .traces import Trace
 
 RIGHT_FOR_WRONG = "right-for-wrong-reasons"
 THUMBNAIL_PX = 96
@@ -142,7 +143,7 @@ def _summary_tables(summary: dict) -> str:
     return f"<h2>Flags</h2>{flags}<h2>By mode</h2>{modes}"
 
 
-def _worst_order(traces: list[dict], flags: list[list[Flag]]) -> list[int]:
+def _worst_order(traces: list[Trace], flags: list[list[Flag]]) -> list[int]:
     """Flagged rollouts, worst first: right-for-wrong-reasons, then more flags, then later step, then log order."""
     flagged = [i for i, trace in enumerate(traces) if trace.get("kind") == "rollout" and flags[i]]
     return sorted(flagged, key=lambda i: (
@@ -150,7 +151,7 @@ def _worst_order(traces: list[dict], flags: list[list[Flag]]) -> list[int]:
     ))
 
 
-def _worst_table(traces: list[dict], flags: list[list[Flag]], samples: dict[str, Sample], worst: int) -> str:
+def _worst_table(traces: list[Trace], flags: list[list[Flag]], samples: dict[str, Sample], worst: int) -> str:
     rows = []
     for i in _worst_order(traces, flags)[:worst]:
         trace = traces[i]
@@ -184,7 +185,7 @@ def _header(title: str, summary: dict) -> str:
 
 
 def write_html(
-    path: Path, traces: list[dict], flags: list[list[Flag]], summary: dict, samples: dict[str, Sample] | None = None,
+    path: Path, traces: list[Trace], flags: list[list[Flag]], summary: dict, samples: dict[str, Sample] | None = None,
     *, title: str = "dyme inspect-traces", worst: int = 25,
 ) -> None:
     """Write the report; `traces` and `flags` are parallel lists, `summary` is inspect-traces' summary dict."""

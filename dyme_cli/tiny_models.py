@@ -375,28 +375,18 @@ class TinyFamily:
 
     build: Callable[..., Path]  # (out_dir, texts, spec, seed=...) -> out_dir
     architecture: str  # the class the Auto classes load
-    image: str | None  # what the chat template writes per image (before expansion); None: a text-only model
-    generation_prompt: str  # what add_generation_prompt appends
     eos: str  # the end-of-turn token generation stops on
 
 
-_CHATML_ASSISTANT = "<|im_start|>assistant\n"
-
-#: family name (as in `tiny:<family>`) -> how to build it and its chat conventions.
+#: family name (as in `tiny:<family>`) -> how to build it and its end-of-turn token.
 TINY_FAMILIES: dict[str, TinyFamily] = {
-    "smolvlm": TinyFamily(build_tiny_smolvlm, "Idefics3ForConditionalGeneration", "<image>", "Assistant:",
-                          "<end_of_utterance>"),
-    "qwen2-vl": TinyFamily(build_tiny_qwen2_vl, "Qwen2VLForConditionalGeneration", _QWEN_IMAGE, _CHATML_ASSISTANT,
-                           "<|im_end|>"),
-    "qwen2.5-vl": TinyFamily(build_tiny_qwen2_5_vl, "Qwen2_5_VLForConditionalGeneration", _QWEN_IMAGE,
-                             _CHATML_ASSISTANT, "<|im_end|>"),
-    "qwen3-vl": TinyFamily(build_tiny_qwen3_vl, "Qwen3VLForConditionalGeneration", _QWEN_IMAGE, _CHATML_ASSISTANT,
-                           "<|im_end|>"),
-    "llava-onevision": TinyFamily(build_tiny_llava_onevision, "LlavaOnevisionForConditionalGeneration", "<image>",
-                                  _CHATML_ASSISTANT, "<|im_end|>"),
-    "llama": TinyFamily(build_tiny_llama, "LlamaForCausalLM", None,
-                        "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
-    "qwen2": TinyFamily(build_tiny_qwen2, "Qwen2ForCausalLM", None, _CHATML_ASSISTANT, "<|im_end|>"),
+    "smolvlm": TinyFamily(build_tiny_smolvlm, "Idefics3ForConditionalGeneration", "<end_of_utterance>"),
+    "qwen2-vl": TinyFamily(build_tiny_qwen2_vl, "Qwen2VLForConditionalGeneration", "<|im_end|>"),
+    "qwen2.5-vl": TinyFamily(build_tiny_qwen2_5_vl, "Qwen2_5_VLForConditionalGeneration", "<|im_end|>"),
+    "qwen3-vl": TinyFamily(build_tiny_qwen3_vl, "Qwen3VLForConditionalGeneration", "<|im_end|>"),
+    "llava-onevision": TinyFamily(build_tiny_llava_onevision, "LlavaOnevisionForConditionalGeneration", "<|im_end|>"),
+    "llama": TinyFamily(build_tiny_llama, "LlamaForCausalLM", "<|eot_id|>"),
+    "qwen2": TinyFamily(build_tiny_qwen2, "Qwen2ForCausalLM", "<|im_end|>"),
 }
 
 

@@ -8,10 +8,8 @@ A step, as in the paper:
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import signal
 import time
 import warnings
@@ -24,6 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from . import dyme
+from .batch import PromptGroup, StepBatch, Target
 from .data import Sample, read_samples, target_text
 from .dyme import Mode
 from .evaluate import EvalReport, evaluate
@@ -31,18 +30,13 @@ from .losses import StepTotals, policy_loss
 from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_model_path, save_policy
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
-from .rollout import Completion, completion_logprobs, encode_prompt, generate, target_ids, with_completion
-from .traces import step_metrics, step_traces
+from .rollout import completion_logprobs, encode_prompt, generate, target_ids, with_completion
+from .rundir import RunDir, state_file
+from .traces import Trace, step_metrics, step_traces
 from .verify_pool import VerifierPool
 
-CHECKPOINT_PREFIX = "step-"
 PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) kept between steps
-STATE_FILE = "trainer_state.pt"
 FAILURE_REPORTS = 3  # steps with verifier failures reported as messages; later ones are only counted
-
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (it would overwrite an earlier run)."""
 
 
 class TrainingInterrupted(Exception):
@@ -81,7 +75,7 @@ class Engine:
 @dataclass
 class StepResult:
     metrics: dict
-    traces: list[dict] = field(default_factory=list)
+    traces: list[Trace] = field(default_factory=list)
     verifier_failures: list[str] = field(default_factory=list)  # details of verify calls that raised or timed out
 
 
@@ -98,37 +92,26 @@ class TrainResult:
 
 
 def dyme_step(engine: Engine, step: int) -> StepResult:
-    recipe, policy = engine.recipe, engine.policy
-    train_cfg = recipe.train
-    samples = [engine.samples[i] for i in prompt_indices(len(engine.samples), step, train_cfg.prompts_per_step, recipe.run.seed)]
     t0 = time.perf_counter()
-    prompts = [cached_prompt(engine, s) for s in samples]
-    groups = sample_rollouts(engine, prompts)
+    batch = StepBatch(step, [PromptGroup(s, cached_prompt(engine, s)) for s in step_samples(engine, step)])
+    sample_rollouts(engine, batch)
     t1 = time.perf_counter()
-    verdicts, failures = verify_groups(engine, samples, groups)
-    rewards = [[dyme.total_reward(v.rewards, train_cfg.reward_weights) for v in group] for group in verdicts]
-    correct = [[v.correct for v in group] for group in verdicts]
-    decisions = dyme.decide(
-        correct, rewards, algorithm=train_cfg.algorithm, all_correct=train_cfg.all_correct,
-        scale_rewards=train_cfg.scale_rewards, eps=train_cfg.std_eps,
-    )
-    targets = [memorization_target(policy, s, recipe.verifier.answer_flag) if d.mode is Mode.MEMORIZE else None
-               for s, d in zip(samples, decisions)]
-    rows = assemble_rows(prompts, groups, decisions, targets)
+    verify(engine, batch)
+    gate(engine, batch)
+    rows = assemble_rows(batch.groups)
     t2 = time.perf_counter()
     update_stats = update(engine, rows)
     t3 = time.perf_counter()
 
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
-    metrics = step_metrics(
-        step=step, groups=groups, verdicts=verdicts, rewards=rewards, decisions=decisions, rows=rows,
-        update_stats=update_stats, timing=timing, verifier_errors=len(failures), lr=engine.scheduler.get_last_lr()[0],
-    )
-    traces = step_traces(
-        run=engine.run_name, step=step, samples=samples, groups=groups, verdicts=verdicts,
-        rewards=rewards, decisions=decisions, targets=targets,
-    )
-    return StepResult(metrics, traces, failures)
+    metrics = step_metrics(batch, update_stats=update_stats, timing=timing, lr=engine.scheduler.get_last_lr()[0])
+    return StepResult(metrics, step_traces(engine.run_name, batch), batch.verifier_failures)
+
+
+def step_samples(engine: Engine, step: int) -> list[Sample]:
+    cfg = engine.recipe
+    indices = prompt_indices(len(engine.samples), step, cfg.train.prompts_per_step, cfg.run.seed)
+    return [engine.samples[i] for i in indices]
 
 
 def cached_prompt(engine: Engine, sample: Sample) -> dict:
@@ -144,42 +127,59 @@ def cached_prompt(engine: Engine, sample: Sample) -> dict:
     return prompt
 
 
-def sample_rollouts(engine: Engine, prompts: list[dict]) -> list[list[Completion]]:
+def sample_rollouts(engine: Engine, batch: StepBatch) -> None:
     """K completions per prompt; SFT learns only from references, so it samples none."""
     cfg = engine.recipe.rollout
     if engine.recipe.train.algorithm == "sft":
-        return [[] for _ in prompts]
-    return generate(
-        engine.policy, prompts, num_generations=cfg.num_generations, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.prompts_per_generate,
+        return
+    completions = generate(
+        engine.policy, [g.prompt for g in batch.groups], num_generations=cfg.num_generations,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        batch_size=cfg.prompts_per_generate,
     )
+    for group, group_completions in zip(batch.groups, completions):
+        group.completions = group_completions
 
 
-def verify_groups(engine: Engine, samples: Sequence[Sample], groups):
-    """Verdicts grouped like the rollouts, and the details of the calls that failed."""
-    jobs = [(sample.task, completion.text, sample) for sample, group in zip(samples, groups) for completion in group]
-    results = iter(engine.verifiers.verify(jobs))
-    verdicts = [[next(results) for _ in group] for group in groups]
-    failures = [verdict.detail for group in verdicts for verdict, failed in group if failed]
-    return [[verdict for verdict, _ in group] for group in verdicts], failures
+def verify(engine: Engine, batch: StepBatch) -> None:
+    """Every rollout's verdict and weighted reward; failed verify calls are counted in the batch."""
+    weights = engine.recipe.train.reward_weights
+    verdicts, batch.verifier_failures = engine.verifiers.verify_groups(
+        [(g.sample.task, g.sample, [c.text for c in g.completions]) for g in batch.groups])
+    for group, group_verdicts in zip(batch.groups, verdicts):
+        group.verdicts = group_verdicts
+        group.rewards = [dyme.total_reward(v.rewards, weights) for v in group_verdicts]
 
 
-def memorization_target(policy: Policy, sample: Sample, answer_flag: str) -> tuple[str, list[int]]:
+def gate(engine: Engine, batch: StepBatch) -> None:
+    """DyME's decision per prompt (dyme.py), and the reference target of every prompt that memorizes."""
+    cfg = engine.recipe.train
+    decisions = dyme.decide(
+        [g.correct for g in batch.groups], [g.rewards for g in batch.groups], algorithm=cfg.algorithm,
+        all_correct=cfg.all_correct, scale_rewards=cfg.scale_rewards, eps=cfg.std_eps,
+    )
+    for group, decision in zip(batch.groups, decisions):
+        group.decision = decision
+        if decision.mode is Mode.MEMORIZE:
+            group.target = memorization_target(engine.policy, group.sample, engine.recipe.verifier.answer_flag)
+
+
+def memorization_target(policy: Policy, sample: Sample, answer_flag: str) -> Target:
     text = target_text(sample, answer_flag)
-    return text, target_ids(policy, text)
+    return Target(text, target_ids(policy, text))
 
 
-def assemble_rows(prompts, groups, decisions, targets) -> list[Row]:
+def assemble_rows(groups: Sequence[PromptGroup]) -> list[Row]:
     """MEMORIZE -> the reference target with A = 1; EXPLORE -> rollouts with A != 0; nothing else.
 
     Rows whose advantage is zero contribute no gradient, so they are never forwarded.
     """
     rows = []
-    for prompt, group, decision, target in zip(prompts, groups, decisions, targets):
-        if decision.mode is Mode.MEMORIZE:
-            rows.append(Row(prompt, target[1], dyme.MEMORIZE_ADVANTAGE, memorized=True))
-        elif decision.mode is Mode.EXPLORE:
-            rows.extend(Row(prompt, c.ids, a) for c, a in zip(group, decision.advantages) if a != 0.0)
+    for group in groups:
+        if group.decision.mode is Mode.MEMORIZE:
+            rows.append(Row(group.prompt, group.target.ids, dyme.MEMORIZE_ADVANTAGE, memorized=True))
+        elif group.decision.mode is Mode.EXPLORE:
+            rows.extend(Row(group.prompt, c.ids, a) for c, a in zip(group.completions, group.decision.advantages) if a != 0.0)
     return rows
 
 
@@ -283,46 +283,26 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-# --------------------------------------------------------------------------- run directory and checkpoints
+# --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
-
-
-def save_checkpoint(engine: Engine, run_dir: Path, step: int) -> Path:
-    """Model + processor + optimizer/scheduler/RNG state, written to a temp dir and renamed into place."""
-    final = checkpoint_path(run_dir, step)
-    tmp = final.parent / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_policy(engine.policy, tmp, engine.accelerator.unwrap_model(engine.policy.model))
-    state = {
-        "step": step,
-        "optimizer": engine.optimizer.state_dict(),
-        "scheduler": engine.scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in checkpoint_dirs(run_dir)[: -engine.recipe.run.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
+    """Model + processor + optimizer/scheduler/RNG state, written atomically (rundir.new_checkpoint)."""
+    with run.new_checkpoint(step, keep=engine.recipe.run.keep_checkpoints) as directory:
+        save_policy(engine.policy, directory, engine.accelerator.unwrap_model(engine.policy.model))
+        state = {
+            "step": step,
+            "optimizer": engine.optimizer.state_dict(),
+            "scheduler": engine.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        torch.save(state, state_file(directory))
+    return run.checkpoint(step)
 
 
 def restore_state(engine: Engine, checkpoint: Path) -> int:
-    state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+    state = torch.load(state_file(checkpoint), weights_only=False)
     engine.optimizer.load_state_dict(state["optimizer"])
     engine.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -330,20 +310,6 @@ def restore_state(engine: Engine, checkpoint: Path) -> int:
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return int(state["step"])
-
-
-def truncate_log(path: Path, last_step: int) -> None:
-    """Drop records of steps after the checkpoint we resume from (they will be produced again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def append_jsonl(path: Path, records: Sequence[dict]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
 
 
 class StopRequest:
@@ -383,10 +349,9 @@ def train(
     on_step: Callable[[int, int, dict], None] | None = None,
     on_message: Callable[[str], None] = lambda message: None,
 ) -> TrainResult:
-    run_dir = Path(output_dir or recipe.run.output_dir)
+    run = RunDir(Path(output_dir or recipe.run.output_dir))
     total = max_steps or recipe.train.max_steps
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe), encoding="utf-8")
+    run.create(recipe_to_toml(recipe))
 
     samples = read_samples(recipe.data.train)
     test_samples = read_samples(recipe.data.test) if recipe.data.test else []
@@ -394,13 +359,11 @@ def train(
 
     torch.manual_seed(recipe.run.seed)
     random.seed(recipe.run.seed)
-    checkpoints = checkpoint_dirs(run_dir)
-    if checkpoints and not resume:
-        raise RunDirError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or choose another --output")
+    checkpoints = run.checkpoints_for(resume)
     if resume and not checkpoints:
-        on_message(f"no checkpoint in {run_dir}; starting from scratch")
+        on_message(f"no checkpoint in {run.path}; starting from scratch")
     texts = [s.question + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
-    base_path = resolve_model_path(recipe.model, run_dir, texts, recipe.run.seed)
+    base_path = resolve_model_path(recipe.model, run.base_model_dir, texts, recipe.run.seed)
     # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
     policy = load_for_recipe(recipe.model, str(checkpoints[-1]) if checkpoints else base_path, merge_adapter=False)
     prepare_for_training(policy, recipe.model)
@@ -412,23 +375,21 @@ def train(
     policy.model.train()
     reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
     pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
-    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, reference, run_dir.name)
+    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, reference, run.name)
     with pool:
-        return run_steps(engine, run_dir, checkpoints, test_samples, total, on_step, on_message)
+        return run_steps(engine, run, checkpoints, test_samples, total, on_step, on_message)
 
 
-def run_steps(engine: Engine, run_dir: Path, checkpoints: list[Path], test_samples: list[Sample], total: int,
+def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples: list[Sample], total: int,
               on_step: Callable[[int, int, dict], None] | None, on_message: Callable[[str], None]) -> TrainResult:
     recipe = engine.recipe
-    metrics_path, traces_path = run_dir / "metrics.jsonl", run_dir / "traces.jsonl"
     start = 0
     if checkpoints:
         start = restore_state(engine, checkpoints[-1])
         on_message(f"resumed from {checkpoints[-1]} (step {start})")
-    for path in (metrics_path, traces_path):
-        truncate_log(path, start)
+    run.truncate_logs(start)
 
-    result = TrainResult(run_dir, start, checkpoints[-1] if checkpoints else None)
+    result = TrainResult(run.path, start, checkpoints[-1] if checkpoints else None)
     if recipe.run.eval_before and test_samples and start == 0:
         result.before = run_eval(engine, test_samples)
 
@@ -436,17 +397,17 @@ def run_steps(engine: Engine, run_dir: Path, checkpoints: list[Path], test_sampl
     with StopRequest() as stop:
         for step in range(start + 1, total + 1):
             outcome = dyme_step(engine, step)
-            append_jsonl(metrics_path, [outcome.metrics])
-            append_jsonl(traces_path, outcome.traces)
+            run.append_metrics(outcome.metrics)
+            run.append_traces(outcome.traces)
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
             result.steps = step
             if step % recipe.run.save_every == 0 or step == total:
-                result.checkpoint = save_checkpoint(engine, run_dir, step)
+                result.checkpoint = save_checkpoint(engine, run, step)
             if on_step:
                 on_step(step, total, outcome.metrics)
             if stop.requested:
-                if result.checkpoint != checkpoint_path(run_dir, step):
-                    result.checkpoint = save_checkpoint(engine, run_dir, step)
+                if result.checkpoint != run.checkpoint(step):
+                    result.checkpoint = save_checkpoint(engine, run, step)
                 raise TrainingInterrupted(step, result.checkpoint)
 
     if recipe.run.eval_after and test_samples:

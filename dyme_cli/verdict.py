@@ -1,7 +1,7 @@
 """What a verifier returns, and the answer-flag rules every verifier shares.
 
 A plugin may subclass `AnswerVerifier` (it implements the shared rules and asks only for `matches`), or
-use the helpers directly: `from dyme_cli.verdict import Verdict, split_completion, format_reward`.
+use the helpers directly: `from dyme_cli.verdict import Verdict, split_completion, format_reward, last_boxed`.
 """
 
 from __future__ import annotations
@@ -19,23 +19,44 @@ class Verdict:
     detail: str = ""  # why, for humans
 
 
+Span = tuple[int, int]  # [start, end) character offsets into the completion
+
+
 @dataclass(frozen=True)
 class SplitCompletion:
-    thinking: str  # text before the last answer flag
-    answer: str | None  # text after the last answer flag; None when there is no flag
-    flag_count: int
+    thinking: str  # text before the last answer flag, trimmed
+    answer: str | None  # text after the last answer flag, trimmed, one trailing period removed; None: no flag
+    flag_spans: tuple[Span, ...] = ()  # every occurrence of the answer flag
+    thinking_span: Span = (0, 0)  # where `thinking` lies in the completion
+    answer_span: Span | None = None  # where `answer` lies in the completion
+
+    @property
+    def flag_count(self) -> int:
+        return len(self.flag_spans)
 
 
 def split_completion(completion: str, answer_flag: str = "Answer:") -> SplitCompletion:
-    """Split at the last answer flag (case-insensitive); trim the answer and one trailing period."""
-    matches = list(re.finditer(re.escape(answer_flag), completion, flags=re.IGNORECASE))
-    if not matches:
-        return SplitCompletion(completion.strip(), None, 0)
-    last = matches[-1]
-    answer = completion[last.end():].strip()
-    if answer.endswith("."):
-        answer = answer[:-1].rstrip()
-    return SplitCompletion(completion[: last.start()].strip(), answer, len(matches))
+    """Split at the last answer flag (case-insensitive); trim the answer and one trailing period.
+
+    The one rule every verifier and `dyme inspect-traces` use; the spans locate each part in the completion.
+    """
+    flags = tuple(m.span() for m in re.finditer(re.escape(answer_flag), completion, flags=re.IGNORECASE))
+    if not flags:
+        return SplitCompletion(completion.strip(), None, flags, _trimmed_span(completion, 0, len(completion)))
+    start, end = flags[-1]
+    answer_start, answer_end = _trimmed_span(completion, end, len(completion))
+    if completion[answer_start:answer_end].endswith("."):
+        answer_end = max(answer_start, len(completion[:answer_end - 1].rstrip()))
+    thinking_span = _trimmed_span(completion, 0, start)
+    return SplitCompletion(completion[slice(*thinking_span)], completion[answer_start:answer_end], flags,
+                           thinking_span, (answer_start, answer_end))
+
+
+def _trimmed_span(text: str, start: int, end: int) -> Span:
+    """The span of text[start:end] without its leading and trailing whitespace."""
+    part = text[start:end]
+    lead = len(part) - len(part.lstrip())
+    return (start + lead, start + len(part.rstrip())) if part.strip() else (start + lead, start + lead)
 
 
 def format_reward(split: SplitCompletion) -> float:
@@ -51,11 +72,25 @@ STOPWORDS = frozenset(
     answer think look looks see shows show okay ok hmm well""".split()
 )
 _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\s*\{")
 
 
 def keywords(text: str) -> set[str]:
     """Lower-cased word and number tokens, minus stopwords."""
     return {t for t in _WORD.findall(text.lower()) if t not in STOPWORDS}
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` in `text`, or None when there is none (or it is unclosed)."""
+    starts = list(_BOXED.finditer(text))
+    if not starts:
+        return None
+    depth, begin = 1, starts[-1].end()
+    for i in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i].strip()
+    return None
 
 
 def flatten(value: Any) -> str:

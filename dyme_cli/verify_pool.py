@@ -97,6 +97,14 @@ class VerifierPool:
                     self._replace(worker)
         return results  # type: ignore[return-value]
 
+    def verify_groups(self, groups: Sequence[tuple[str, Any, Sequence[str]]]) -> tuple[list[list[Verdict]], list[str]]:
+        """Verdicts for groups of completions (verifier name, sample, completions), grouped like the input, and
+        the details of the calls that failed (they are incorrect verdicts too)."""
+        results = iter(self.verify([(name, text, sample) for name, sample, texts in groups for text in texts]))
+        grouped = [[next(results) for _ in texts] for _, _, texts in groups]
+        failures = [verdict.detail for group in grouped for verdict, failed in group if failed]
+        return [[verdict for verdict, _ in group] for group in grouped], failures
+
     def close(self) -> None:
         for worker in self._workers:
             self._stop(worker, graceful=True)

@@ -99,7 +99,7 @@ def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, chart_data):
     train(recipe, max_steps=2, on_message=messages.append)
     # small_recipe cuts rollouts at 12 tokens, shorter than every reference target: the user is told.
     assert any("48 of 48 reference targets are longer than [rollout].max_new_tokens = 12" in m for m in messages)
-    from dyme_cli.trainer import RunDirError
+    from dyme_cli.rundir import RunDirError
 
     with pytest.raises(RunDirError, match="--resume"):
         train(recipe, max_steps=2)

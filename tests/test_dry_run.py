@@ -7,7 +7,7 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from typer.testing import CliRunner
 
-from dyme_cli import cli
+from dyme_cli import ui
 from dyme_cli.cli import app
 from dyme_cli.modeling import DEFAULT_LORA_TARGETS, load_policy, vision_towers
 from dyme_cli.plan import dry_run
@@ -28,7 +28,7 @@ def test_every_shipped_recipe_passes_the_dry_run(recipe_path, tmp_path, monkeypa
     task = {"demo": "chart", "chart": "chart", "math": "math", "medvqa": "medvqa"}[recipe_path.stem]
     folder = Path(recipe.data.train).parent
     GENERATORS[task](folder, n_train=6, n_test=3, seed=0)
-    monkeypatch.setattr(cli.console, "width", 200)
+    monkeypatch.setattr(ui.console, "width", 200)
     result = runner.invoke(app, ["train", str(recipe_path), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "ok: the recipe is ready to train" in result.output

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dyme_cli import cli
+from dyme_cli import ui
 from dyme_cli.cli import app
 from dyme_cli.data import Sample, read_samples
 from dyme_cli.evaluate import EvalReport
@@ -84,7 +84,7 @@ def test_several_checkpoints_side_by_side(tmp_path, chart_data, tiny_model_dir, 
     copy.parent.mkdir(parents=True)
     load_policy(str(tiny_model_dir)).model.save_pretrained(copy)
     load_policy(str(tiny_model_dir)).processor.save_pretrained(copy)
-    monkeypatch.setattr(cli.console, "width", 200)
+    monkeypatch.setattr(ui.console, "width", 200)
     result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_model_dir), "--checkpoint", str(copy),
                                  "--data", str(chart_data / "test.jsonl"), "--max-new-tokens", "6", "--json", str(out)])
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from dyme_cli import cli
+from dyme_cli import ui
 from dyme_cli.cli import app
 from dyme_cli.data import Sample, read_samples, write_samples
 from dyme_cli.plugins import VerifierError, load_verifier, load_verifiers, validate_options
@@ -26,7 +26,7 @@ def test_list_shows_builtins_and_the_third_party_plugin(example_plugin, monkeypa
     assert listed["exact"]["options"] == {"strip": True}
     assert listed["chart"]["package"] == "dyme-cli" and listed["chart"]["options"] == {"tolerance": 0.05, "exact_years": True}
     assert all(p["error"] is None and p["description"] for p in listed.values())
-    monkeypatch.setattr(cli.console, "width", 250)
+    monkeypatch.setattr(ui.console, "width", 250)
     table = runner.invoke(app, ["verifiers", "list"]).output
     assert "dyme-example-plugin" in table and "Character-exact match with the gold answer" in table
 

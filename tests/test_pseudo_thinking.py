@@ -26,13 +26,11 @@ DIFF = SampleContext(
     reference="Compare the red and blue bars. red = 7, green = 1, blue = 3. The red bar is 7 and the blue bar is 3. "
     "7 - 3 = 4.",
     facts={"chart": "bar", "values": {"red": 7, "green": 1, "blue": 3}},
-    has_images=True,
 )
 LARGEST = SampleContext(
     question="Which bar has the largest value?",
     reference="Find the largest bar. red = 1, green = 3, blue = 5. The largest is blue (5).",
     facts={"chart": "bar", "values": {"red": 1, "green": 3, "blue": 5}},
-    has_images=True,
 )
 INDEX = ReferenceIndex({"diff": DIFF.reference, "largest": LARGEST.reference})
 
@@ -294,9 +292,9 @@ def test_flags_come_in_flags_order_once_each():
 def test_sample_contexts_and_trace_contexts():
     sample = Sample(id="s1", task="chart", question="Q?", answer="4", images=["a.png"], reference="R.",
                     facts={"values": {"red": 7}})
-    assert sample_contexts([sample]) == {"s1": SampleContext("Q?", "R.", {"values": {"red": 7}}, True)}
+    assert sample_contexts([sample]) == {"s1": SampleContext("Q?", "R.", {"values": {"red": 7}})}
     eval_trace = rollout("x", question="Q?", reference="R.", facts={"values": {"red": 7}}, images=[])
-    assert context_from_trace(eval_trace) == SampleContext("Q?", "R.", {"values": {"red": 7}}, False)
+    assert context_from_trace(eval_trace) == SampleContext("Q?", "R.", {"values": {"red": 7}})
     assert context_from_trace(rollout("x")) is None
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from dyme_cli.batch import PromptGroup, Target
 from dyme_cli.data import read_samples
 from dyme_cli.dyme import GroupDecision, Mode
 from dyme_cli.modeling import load_policy
@@ -32,8 +33,9 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
         GroupDecision(Mode.SKIP, [0.0] * 4),  # all correct: nothing
         GroupDecision(Mode.MEMORIZE, [0.0] * 4),  # all wrong: the reference target only
     ]
-    target = ("red = 1", target_ids(policy, "red = 1"))
-    rows = assemble_rows(prompts, groups, decisions, [None, None, target])
+    target = Target("red = 1", target_ids(policy, "red = 1"))
+    rows = assemble_rows([PromptGroup(s, p, completions=g, decision=d, target=t) for s, p, g, d, t
+                          in zip(samples, prompts, groups, decisions, [None, None, target])])
     assert [(r.completion_ids, r.advantage) for r in rows] == [(a, 0.8), (c, -0.8), (target[1], 1.0)]
 
     recipe = small_recipe(chart_data, tmp_path)

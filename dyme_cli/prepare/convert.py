@@ -53,6 +53,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from ..data import Sample, write_samples
+from ..errors import UserError, first_line
+from ..hub import is_hub_id
+from ..verdict import last_boxed
 
 NO_REFERENCE = "no reasoning traces in this source: reference left empty for DyME's refiner to fill"
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -60,7 +63,7 @@ MAP_FIELDS = ("question", "answer", "image", "reference", "id", "task")
 _KEPT_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
     """Unusable input or options as a whole (not one bad row); the message is one line."""
 
 
@@ -126,15 +129,6 @@ class Report:
 # --- reading the input -------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _looks_like_path(text: str) -> bool:
-    return text.startswith(("/", ".", "~")) or Path(text).suffix in BUILDERS
-
-
 def _local_builder(path: Path) -> str:
     """The datasets builder for a file, or for the most common data-file type in a directory."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS]
@@ -164,7 +158,7 @@ def _load_local(path: Path, split: str):
             return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
         return datasets.load_dataset(builder, data_dir=str(path), split=split)
     except Exception as exc:  # datasets raises many types; the user needs one line
-        raise ConvertError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise ConvertError(f"cannot read {path}: {first_line(exc)}") from None
 
 
 def _load_hub(name: str, split: str):
@@ -175,7 +169,7 @@ def _load_hub(name: str, split: str):
         return datasets.load_dataset(repo, config or None, split=split)
     except Exception as exc:
         raise ConvertError(
-            f"cannot load '{name}' from the hub: {_one_line(exc)}; download it and pass a local path"
+            f"cannot load '{name}' from the hub: {first_line(exc)}; download it and pass a local path"
         ) from None
 
 
@@ -186,7 +180,7 @@ def load_table(input_: str, opts: Options) -> Rows:
     path = Path(input_).expanduser()
     if path.exists():
         ds, base = _load_local(path, opts.split), path if path.is_dir() else path.parent
-    elif _looks_like_path(input_):
+    elif not is_hub_id(input_.partition(":")[0]):
         raise ConvertError(f"{input_}: no such file or directory")
     else:
         ds, base = _load_hub(input_, opts.split), None
@@ -209,7 +203,7 @@ def _read_json_list(path: Path) -> list[dict]:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConvertError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise ConvertError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(records, list):
         raise ConvertError(f"{path}: expected a JSON list of records")
     return [r for r in records if isinstance(r, dict)]
@@ -269,7 +263,7 @@ def _load_jsonl(input_: str, opts: Options) -> Rows:
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise ConvertError(f"cannot read {path}: {first_line(exc)}") from None
     rows, columns = [], set()
     for line in filter(str.strip, lines):
         try:
@@ -325,8 +319,6 @@ def _gsm8k(row: dict, opts: Options) -> Draft:
 
 
 def _math(row: dict, opts: Options) -> Draft:
-    from dyme_verifiers.math import last_boxed
-
     solution = _text(row.get("solution"))
     answer = last_boxed(solution)
     if answer is None:

@@ -17,6 +17,7 @@ from typing import Callable, Literal
 from PIL import Image, ImageDraw
 
 from ..data import Sample
+from ..errors import BadArgument
 from .splits import write_splits
 
 PALETTE = {
@@ -194,12 +195,12 @@ def generate(
 ) -> dict[str, int]:
     """Write train.jsonl, test.jsonl and images/ under `out`. Same seed, same bytes."""
     if not 3 <= min_bars <= max_bars <= len(PALETTE):
-        raise ValueError(f"bars must satisfy 3 <= min <= max <= {len(PALETTE)}")
+        raise BadArgument(f"bars must satisfy 3 <= min <= max <= {len(PALETTE)}")
     if max_value < max_bars:
-        raise ValueError("max_value must be at least the number of bars (values are distinct)")
+        raise BadArgument("max_value must be at least the number of bars (values are distinct)")
     unknown = set(kinds) - set(KINDS)
     if unknown:
-        raise ValueError(f"unknown question kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
+        raise BadArgument(f"unknown question kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Union
 
 from ..data import Sample
+from ..errors import BadArgument
 from .splits import write_splits
 
 Quality = Literal["high", "medium", "low"]
@@ -301,15 +302,15 @@ def make_sample(
 
 
 def validate(*, n_train: int, n_test: int, quality: str, min_steps: int, max_steps: int, max_number: int) -> None:
-    """ValueError with a one-line message for the first bad argument."""
+    """BadArgument with a one-line message for the first bad argument."""
     if n_train < 1 or n_test < 0:
-        raise ValueError("n_train must be at least 1 and n_test at least 0")
+        raise BadArgument("n_train must be at least 1 and n_test at least 0")
     if quality not in QUALITIES:
-        raise ValueError(f"reference quality must be high, medium or low, not '{quality}'")
+        raise BadArgument(f"reference quality must be high, medium or low, not '{quality}'")
     if not 2 <= min_steps <= max_steps <= MAX_STEPS:
-        raise ValueError(f"steps must satisfy 2 <= min_steps <= max_steps <= {MAX_STEPS}")
+        raise BadArgument(f"steps must satisfy 2 <= min_steps <= max_steps <= {MAX_STEPS}")
     if max_number < MIN_MAX_NUMBER:
-        raise ValueError(f"max_number must be at least {MIN_MAX_NUMBER}")
+        raise BadArgument(f"max_number must be at least {MIN_MAX_NUMBER}")
 
 
 def generate(

@@ -34,6 +34,7 @@ from typing import Callable, Literal, Optional
 from PIL import Image, ImageDraw
 
 from ..data import Sample
+from ..errors import BadArgument
 from .splits import write_splits
 
 Quality = Literal["high", "medium", "low"]
@@ -305,16 +306,16 @@ def make_sample(
 
 
 def validate(*, n_train: int, n_test: int, quality: str, image_size: int, kinds: tuple[str, ...]) -> None:
-    """ValueError with a one-line message for the first bad argument."""
+    """BadArgument with a one-line message for the first bad argument."""
     if n_train < 1 or n_test < 0:
-        raise ValueError("n_train must be at least 1 and n_test at least 0")
+        raise BadArgument("n_train must be at least 1 and n_test at least 0")
     if quality not in QUALITIES:
-        raise ValueError(f"reference quality must be high, medium or low, not '{quality}'")
+        raise BadArgument(f"reference quality must be high, medium or low, not '{quality}'")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"image size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, not {image_size}")
+        raise BadArgument(f"image size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, not {image_size}")
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
-        raise ValueError(f"unknown question kind(s): {', '.join(sorted(unknown)) or 'none given'}; "
+        raise BadArgument(f"unknown question kind(s): {', '.join(sorted(unknown)) or 'none given'}; "
                          f"choose from {', '.join(KINDS)}")
 
 

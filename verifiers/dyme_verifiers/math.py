@@ -26,9 +26,8 @@ import re
 
 from math_verify import parse, verify
 
-from dyme_cli.verdict import AnswerVerifier, Match, SplitCompletion
+from dyme_cli.verdict import AnswerVerifier, Match, SplitCompletion, last_boxed
 
-_BOXED = re.compile(r"\\boxed\s*\{")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}(?![a-zA-Z])")  # a run of letters that is no LaTeX command
 _MATH_WORDS = frozenset({"sqrt", "pi", "sin", "cos", "tan", "log", "ln", "exp"})
 _BARE_PI = re.compile(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])")
@@ -44,19 +43,6 @@ class _CallerEnforcesDeadline(logging.Filter):
 
 for _logger in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_logger).addFilter(_CallerEnforcesDeadline())
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` in `text`, or None when there is none (or it is unclosed)."""
-    starts = list(_BOXED.finditer(text))
-    if not starts:
-        return None
-    depth, begin = 1, starts[-1].end()
-    for i in range(begin, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[begin:i].strip()
-    return None
 
 
 def _prose(text: str) -> list[re.Match]:

@@ -1,0 +1,48 @@
+"""What one training step carries: a named record per prompt, filled in stage by stage.
+
+    sample + encoded prompt ─► completions (rollout) ─► verdicts, rewards (verify) ─► decision (gate)
+                                                                                  └► target (memorize)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from .data import Sample
+from .dyme import GroupDecision
+from .verdict import Verdict
+
+if TYPE_CHECKING:  # the records are read without torch (dyme inspect-traces)
+    from .rollout import Completion
+
+
+class Target(NamedTuple):
+    """A memorization target: the text learned (reference + answer flag + gold answer) and its token ids."""
+
+    text: str
+    ids: list[int]
+
+
+@dataclass
+class PromptGroup:
+    """One prompt of a step and everything the step learns about it."""
+
+    sample: Sample
+    prompt: dict  # the encoded prompt: input ids, attention mask, pixel values, ...
+    completions: list[Completion] = field(default_factory=list)  # K rollouts; none for SFT
+    verdicts: list[Verdict] = field(default_factory=list)  # one per completion
+    rewards: list[float] = field(default_factory=list)  # weighted total reward per completion
+    decision: GroupDecision | None = None  # memorize / explore / skip, with per-rollout advantages
+    target: Target | None = None  # the reference target, when the group memorizes
+
+    @property
+    def correct(self) -> list[bool]:
+        return [v.correct for v in self.verdicts]
+
+
+@dataclass
+class StepBatch:
+    step: int
+    groups: list[PromptGroup]
+    verifier_failures: list[str] = field(default_factory=list)  # details of verify calls that raised or timed out

@@ -1,0 +1,119 @@
+"""`dyme eval`: accuracy, pass@K, format and length of one or more checkpoints, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..ui import console, err_console, progress_bar, quiet_transformers
+
+
+def eval_command(
+    checkpoints: list[str] = typer.Option(
+        ..., "--checkpoint", help="Checkpoint directory, LoRA adapter directory or hub id; repeat to compare side by side."),
+    data: Path = typer.Option(..., "--data", help="JSONL dataset to evaluate on."),
+    samples_per_prompt: int = typer.Option(
+        1, "--samples", min=1, help="Completions per prompt: 1 decodes greedily; K > 1 samples K and reports pass@K."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.01, help="Sampling temperature (with --samples > 1)."),
+    max_new_tokens: int = typer.Option(300, "--max-new-tokens", min=1, help="Completion length limit."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts per generate call."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N samples."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", help="Score every sample with this verifier instead of its task's."),
+    answer_flag: str = typer.Option("Answer:", "--answer-flag", help="Text that introduces the final answer."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+    traces_out: Optional[Path] = typer.Option(
+        None, "--traces", help="Write every completion to this JSONL file, in the training trace format."),
+) -> None:
+    """Accuracy, pass@K, format and length of one or more checkpoints, per task and question kind."""
+    from ..data import read_samples
+    from ..evaluate import EvalReport
+    from ..plugins import load_verifiers
+    from ..verify_pool import VerifierPool
+
+    quiet_transformers()
+    samples = read_samples(data)[:limit]
+    verifiers = load_verifiers([verifier] if verifier else [s.task for s in samples], answer_flag)
+    labels = _checkpoint_labels(checkpoints)
+    reports: dict[str, EvalReport] = {}
+    if traces_out:
+        traces_out.parent.mkdir(parents=True, exist_ok=True)
+        traces_out.write_text("", encoding="utf-8")
+    try:
+        with VerifierPool(verifiers) as pool, progress_bar() as progress:
+            for checkpoint, label in zip(checkpoints, labels):
+                reports[label] = EvalReport(k=samples_per_prompt)
+                _evaluate_checkpoint(checkpoint, label, samples, pool, reports[label], progress, traces_out,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     samples_per_prompt=samples_per_prompt, temperature=temperature, verifier=verifier)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted; partial results:[/]")
+        _print_eval(reports, data, json_out)
+        raise typer.Exit(130)
+    _print_eval(reports, data, json_out)
+
+
+def _checkpoint_labels(checkpoints: list[str]) -> list[str]:
+    """Short, distinct names: `run/step-000700` for training checkpoints, the path or hub id otherwise."""
+    from ..rundir import checkpoint_label
+
+    labels = []
+    for checkpoint in checkpoints:
+        label = checkpoint_label(checkpoint) or checkpoint
+        labels.append(label if label not in labels else checkpoint)
+    return labels if len(set(labels)) == len(labels) else [f"{i + 1}: {c}" for i, c in enumerate(checkpoints)]
+
+
+def _evaluate_checkpoint(checkpoint: str, label: str, samples, pool, report, progress, traces_out: Optional[Path],
+                         **settings) -> None:
+    from ..evaluate import evaluate, trace_writer
+    from ..modeling import load_policy
+    from ..rundir import checkpoint_step
+
+    policy = load_policy(checkpoint)
+    on_group = trace_writer(traces_out, run=label, step=checkpoint_step(checkpoint) or 0) if traces_out else None
+    task = progress.add_task(f"evaluating {label}", total=len(samples), stats="")
+    evaluate(policy, samples, pool, report=report, on_batch=lambda n: progress.advance(task, n), on_group=on_group,
+             **settings)
+
+
+def _print_eval(reports: dict, data: Path, json_out: Optional[Path]) -> None:
+    if not reports:
+        return
+    k = next(iter(reports.values())).k
+    table = Table(title=f"evaluation on {data}" + (f" ({k} samples per prompt)" if k > 1 else " (greedy)"))
+    table.add_column("task")
+    table.add_column("kind")
+    table.add_column("n", justify="right")
+    metrics = [("accuracy", "accuracy")] + ([("pass_at_k", f"pass@{k}")] if k > 1 else []) + [("format_rate", "format")]
+    if len(reports) == 1:
+        metrics += [("mean_completion_tokens", "mean tokens"), ("truncated_rate", "truncated")]
+    side_by_side = len(reports) > 1
+    for number, label in enumerate(reports, start=1):
+        for _, header in metrics:
+            table.add_column(f"{header} #{number}" if side_by_side else header, justify="right")
+    if side_by_side:
+        table.add_column(f"Δ acc #{len(reports)}−#1", justify="right")
+        table.caption = "   ".join(f"#{number} {escape(label)}" for number, label in enumerate(reports, start=1))
+    numbers = [{(t, kind): n for t, kind, n in report.rows()} for report in reports.values()]
+    keys = list(dict.fromkeys(key for by_key in numbers for key in by_key))  # a cut-short run may lack rows
+    for key in keys:
+        cells, n = [], max(by_key[key]["n"] for by_key in numbers if key in by_key)
+        for by_key in numbers:
+            cells += [_eval_cell(metric, by_key[key][metric]) if key in by_key else "-" for metric, _ in metrics]
+        if side_by_side:
+            first, last = numbers[0].get(key), numbers[-1].get(key)
+            cells.append(f"{last['accuracy'] - first['accuracy']:+.1%}" if first and last else "-")
+        table.add_row(escape(key[0]), escape(key[1]), str(n), *cells)
+    console.print(table)
+    if json_out:
+        result = {"data": str(data), "checkpoints": {label: r.to_dict() for label, r in reports.items()}}
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+def _eval_cell(key: str, value: float) -> str:
+    return f"{value:.1f}" if key == "mean_completion_tokens" else f"{value:.1%}"

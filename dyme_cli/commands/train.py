@@ -1,0 +1,104 @@
+"""`dyme train`: a run from a recipe, with a live progress bar; `--dry-run` prints the plan instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..ui import console, err_console, note, progress_bar, quiet_transformers
+
+
+def train(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE.toml", help="Training recipe."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Run directory (default: [run].output_dir)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override [train].max_steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run directory."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check data, verifiers, model and batch sizes and print the plan; train nothing."),
+) -> None:
+    """Train a model with DyME (or the SFT / GRPO baselines) from a TOML recipe."""
+    from ..recipe import load_recipe
+    from ..trainer import TrainingInterrupted, train as run_training
+
+    recipe = load_recipe(recipe_path)
+    quiet_transformers()
+    if dry_run:
+        _print_plan(recipe_path, recipe, max_steps)
+        return
+    history: list[dict] = []
+    total = max_steps or recipe.train.max_steps
+    with progress_bar() as progress:
+        task = progress.add_task("starting", total=total, stats="")
+
+        def on_step(step: int, total_steps: int, metrics: dict) -> None:
+            history.append(metrics)
+            progress.update(task, completed=step, description=f"step {step}", stats=_live_stats(metrics))
+
+        try:
+            result = run_training(
+                recipe, output_dir=output, max_steps=max_steps, resume=resume, on_step=on_step,
+                on_message=lambda m: progress.console.print(m),
+            )
+        except TrainingInterrupted as exc:
+            progress.stop()
+            err_console.print(f"[yellow]{escape(str(exc))}[/]; continue with --resume")
+            raise typer.Exit(130)
+    _print_summary(result, history)
+
+
+def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int]) -> None:
+    from ..plan import dry_run
+
+    plan = dry_run(recipe, max_steps)
+    table = Table(title=f"dry run of {recipe_path}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("plan")
+    for what, value in plan.facts:
+        table.add_row(what, escape(value))
+    console.print(table)
+    for message in plan.notes:
+        note(message)
+    for problem in plan.problems:
+        err_console.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
+    if plan.problems:
+        raise typer.Exit(2)
+    console.print("ok: the recipe is ready to train")
+
+
+def _live_stats(m: dict) -> str:
+    acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.2f}"
+    reward = "-" if m["reward_mean"] is None else f"{m['reward_mean']:.2f}"
+    return f"acc {acc} · reward {reward} · mem {m['frac_memorize']:.2f} exp {m['frac_explore']:.2f} skip {m['frac_skip']:.2f}"
+
+
+def _print_summary(result, history: list[dict]) -> None:
+    if history:
+        console.print(_mode_table(history))
+    if result.checkpoint:
+        console.print(f"checkpoint: {result.checkpoint}")
+    for label, report in (("before", result.before), ("after", result.after)):
+        if report is not None:
+            s = report.overall.summary()
+            console.print(f"held-out accuracy {label} training: [bold]{s['accuracy']:.1%}[/] (n={s['n']}, format {s['format_rate']:.1%})")
+
+
+def _mode_table(history: list[dict], windows: int = 4) -> Table:
+    """Mode fractions and rollout accuracy over the run, in a few step windows."""
+    table = Table(title="DyME modes over the run")
+    for column in ("steps", "memorize", "explore", "skip", "rollout acc"):
+        table.add_column(column, justify="right")
+    size = max(1, -(-len(history) // windows))
+    for start in range(0, len(history), size):
+        window = history[start : start + size]
+        groups = sum(m["n_memorize"] + m["n_explore"] + m["n_skip"] for m in window) or 1
+        accs = [m["accuracy"] for m in window if m["accuracy"] is not None]
+        table.add_row(
+            f"{window[0]['step']}-{window[-1]['step']}",
+            *(f"{sum(m[f'n_{mode}'] for m in window) / groups:.2f}" for mode in ("memorize", "explore", "skip")),
+            f"{sum(accs) / len(accs):.2f}" if accs else "-",
+        )
+    return table
