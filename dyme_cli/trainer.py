@@ -31,7 +31,7 @@ from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_mod
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, target_ids, with_completion
-from .rundir import RunDir, state_file
+from .rundir import METRICS_FILE, RunDir, state_file
 from .traces import Trace, step_metrics, step_traces
 from .verify_pool import VerifierPool
 
@@ -421,7 +421,7 @@ def report_verifier_failures(step: int, failures: list[str], reported: int, on_m
         on_message(f"step {step}: {len(failures)} verifier call(s) failed and count as wrong answers; first: {failures[0]}")
         reported += 1
         if reported == FAILURE_REPORTS:
-            on_message("further verifier failures are only counted (verifier_errors in metrics.jsonl)")
+            on_message(f"further verifier failures are only counted (verifier_errors in {METRICS_FILE})")
     return reported
 
 
