@@ -125,11 +125,26 @@ def load_images(sample: Sample):
     return images
 
 
-def chat_messages(sample: Sample, text_only: bool = False) -> list[dict]:
+QUESTION = "{question}"  # the placeholder a prompt template puts the question in
+
+
+def instruction_template(answer_flag: str) -> str:
+    """The authors' instruction: step-by-step thinking, then the answer after the flag (the default template)."""
+    return ("Your task is to answer the question below. Give step by step thinking before you answer, and when "
+            f'you\'re ready to answer, please use the format "{answer_flag} .."\n\nQuestion:\n\n{QUESTION}')
+
+
+def user_text(sample: Sample, template: str) -> str:
+    """`template` with the sample's question in place of `{question}`."""
+    return template.replace(QUESTION, sample.question)
+
+
+def chat_messages(sample: Sample, text_only: bool = False, template: str = QUESTION) -> list[dict]:
     """The user turn in the chat-template message format shared by the VLM processors (a list of image and
-    text parts), or as a plain string for text-only models, whose templates expect one."""
+    text parts), or as a plain string for text-only models, whose templates expect one; the text is `user_text`."""
+    text = user_text(sample, template)
     if text_only:
-        return [{"role": "user", "content": sample.question}]
+        return [{"role": "user", "content": text}]
     content: list[dict] = [{"type": "image"} for _ in sample.images]
-    content.append({"type": "text", "text": sample.question})
+    content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]

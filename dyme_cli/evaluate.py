@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import Sample, append_jsonl
+from .data import Sample, append_jsonl, instruction_template
 from .modeling import Policy
-from .recipe import DEFAULT_REWARD_WEIGHTS
+from .recipe import DEFAULT_REWARD_WEIGHTS, load_recipe
 from .rollout import Completion, encode_prompt, generate
+from .rundir import run_recipe_file
 from .traces import eval_traces
 from .verdict import Verdict
 from .verify_pool import VerifierPool
@@ -86,6 +87,15 @@ class EvalReport:
         }
 
 
+def prompt_template_for(checkpoint: str, answer_flag: str) -> str:
+    """The prompt template a checkpoint was trained with: the one its run directory's recipe recorded, else the
+    authors' instruction built from `answer_flag`."""
+    recorded = run_recipe_file(checkpoint)
+    if recorded is not None and recorded.is_file():
+        return load_recipe(recorded).prompt_template
+    return instruction_template(answer_flag)
+
+
 GroupCallback = Callable[[Sample, str, Sequence[tuple[Completion, Verdict]]], None]
 
 
@@ -106,6 +116,7 @@ def evaluate(
     verifiers: VerifierPool,
     *,
     max_new_tokens: int,
+    prompt_template: str,
     batch_size: int = 32,
     samples_per_prompt: int = 1,
     temperature: float = 1.0,
@@ -116,13 +127,14 @@ def evaluate(
 ) -> EvalReport:
     """Score every sample; `report` is filled in place, so a caller that stops early keeps what was done.
 
-    `verifier` overrides each sample's task; `on_group` sees each prompt's completions and verdicts.
+    `prompt_template` holds `{question}` (see `prompt_template_for`); `verifier` overrides each sample's task;
+    `on_group` sees each prompt's completions and verdicts.
     """
     report = report if report is not None else EvalReport(k=samples_per_prompt)
     greedy = samples_per_prompt == 1
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        prompts = [encode_prompt(policy, s) for s in chunk]
+        prompts = [encode_prompt(policy, s, prompt_template) for s in chunk]
         groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
                           greedy=greedy, temperature=temperature, batch_size=batch_size)
         tasks = [verifier or s.task for s in chunk]

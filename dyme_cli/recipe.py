@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data import QUESTION, instruction_template
 from .errors import UserError, validation_problem
 
 if sys.version_info >= (3, 11):
@@ -67,7 +68,12 @@ class LoraSection(_Section):
 
 class ModelSection(_Section):
     name_or_path: str = Field(..., description="hub id, local save_pretrained directory, or tiny:<family>")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the weights' storage dtype (and the optimizer state's)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast compute dtype over the stored weights (accelerate); 'no' computes in `dtype`")
+    processor: dict[str, Any] = Field(
+        {}, description="options passed to AutoProcessor.from_pretrained (image resolution, tiling, ...)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     trust_remote_code: bool = False
     freeze_vision: bool = True
@@ -79,12 +85,23 @@ class ModelSection(_Section):
 class DataSection(_Section):
     train: Path
     test: Optional[Path] = None
+    prompt_template: Optional[str] = Field(
+        None, description="the user turn's text, with a {question} placeholder; default: the paper's instruction")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_question(cls, template: Optional[str]) -> Optional[str]:
+        if template is not None and QUESTION not in template:
+            raise ValueError(f"must contain the placeholder {QUESTION}")
+        return template
 
 
 class RolloutSection(_Section):
     num_generations: int = Field(8, ge=2, description="K rollouts per prompt")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: off")
+    repetition_penalty: float = Field(1.0, gt=0, description="1.0: off")
     max_new_tokens: int = Field(300, ge=1)
     prompts_per_generate: int = Field(8, ge=1, description="prompts per generate() call")
 
@@ -102,6 +119,9 @@ class TrainSection(_Section):
     epsilon_high: Optional[float] = Field(None, ge=0, description="defaults to epsilon")
     num_iterations: int = Field(1, ge=1, description="mu: updates per batch of rollouts")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    loss_scale: Literal["rollouts", "active_rows"] = Field(
+        "rollouts", description="what the loss averages over: every row of the step (B*K rollouts, the authors' "
+        "scale) or only the rows with a non-zero advantage")
 
     @property
     def clip_high(self) -> float:
@@ -113,7 +133,7 @@ class OptimSection(_Section):
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward")
 
@@ -144,6 +164,11 @@ class Recipe(_Section):
     train: TrainSection = TrainSection()
     optim: OptimSection = OptimSection()
     verifier: VerifierSection = VerifierSection()
+
+    @property
+    def prompt_template(self) -> str:
+        """[data].prompt_template, or the authors' instruction built from [verifier].answer_flag."""
+        return self.data.prompt_template or instruction_template(self.verifier.answer_flag)
 
 
 def _key_path(loc: tuple) -> str:

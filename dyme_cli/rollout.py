@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .data import Sample, chat_messages, load_images
+from .data import QUESTION, Sample, chat_messages, load_images
 from .modeling import Policy
 
 @dataclass
@@ -21,16 +21,22 @@ class Completion:
     truncated: bool  # max_new_tokens reached without an end-of-sequence token
 
 
-def encode_prompt(policy: Policy, sample: Sample) -> dict[str, torch.Tensor]:
-    """The model inputs of one prompt (batch dimension 1, no padding)."""
-    processor = policy.processor
-    messages = chat_messages(sample, text_only=policy.text_only)
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def encode_prompt(policy: Policy, sample: Sample, template: str = QUESTION) -> dict[str, torch.Tensor]:
+    """The model inputs of one prompt (batch dimension 1, no padding): `template` with the sample's question,
+    through the model's chat template with the generation prompt."""
+    text = prompt_text(policy, sample, template)
     if sample.images and not policy.text_only:
-        encoded = processor(text=[text], images=[load_images(sample)], return_tensors="pt")
+        encoded = policy.processor(text=[text], images=[load_images(sample)], return_tensors="pt")
     else:
         encoded = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False)
     return dict(encoded)
+
+
+def prompt_text(policy: Policy, sample: Sample, template: str = QUESTION) -> str:
+    """What the model reads before its completion: the chat template applied to the user turn, with the
+    generation prompt (image placeholders not yet expanded)."""
+    messages = chat_messages(sample, text_only=policy.text_only, template=template)
+    return policy.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def target_ids(policy: Policy, text: str) -> list[int]:

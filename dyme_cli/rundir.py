@@ -49,6 +49,13 @@ def checkpoint_label(path: str | Path) -> str | None:
     return f"{path.parent.parent.name}/{path.name}" if path.parent.name == CHECKPOINTS_DIR else None
 
 
+def run_recipe_file(checkpoint: str | Path) -> Path | None:
+    """The recorded recipe of the run a checkpoint belongs to (`RUN/checkpoints/step-N` -> `RUN/recipe.toml`);
+    None for a directory that is not a run's checkpoint."""
+    path = Path(checkpoint)
+    return path.parent.parent / RECIPE_FILE if path.parent.name == CHECKPOINTS_DIR else None
+
+
 def state_file(checkpoint: Path) -> Path:
     return Path(checkpoint) / STATE_FILE
 

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 
 from . import dyme
 from .batch import PromptGroup, StepBatch, Target
-from .data import Sample, read_samples, target_text
+from .data import Sample, read_samples, target_text, user_text
 from .dyme import Mode
 from .evaluate import EvalReport, evaluate
 from .losses import StepTotals, policy_loss
@@ -119,7 +119,7 @@ def cached_prompt(engine: Engine, sample: Sample) -> dict:
     up to PROMPT_CACHE_BYTES of tensors."""
     prompt = engine.prompt_cache.get(sample.id)
     if prompt is None:
-        prompt = encode_prompt(engine.policy, sample)
+        prompt = encode_prompt(engine.policy, sample, engine.recipe.prompt_template)
         size = sum(t.numel() * t.element_size() for t in prompt.values())
         if engine.prompt_cache_bytes + size <= PROMPT_CACHE_BYTES:
             engine.prompt_cache[sample.id] = prompt
@@ -362,7 +362,7 @@ def train(
     checkpoints = run.checkpoints_for(resume)
     if resume and not checkpoints:
         on_message(f"no checkpoint in {run.path}; starting from scratch")
-    texts = [s.question + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
+    texts = [user_text(s, recipe.prompt_template) + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
     base_path = resolve_model_path(recipe.model, run.base_model_dir, texts, recipe.run.seed)
     # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
     policy = load_for_recipe(recipe.model, str(checkpoints[-1]) if checkpoints else base_path, merge_adapter=False)
@@ -447,4 +447,4 @@ def run_eval(engine: Engine, samples: list[Sample]) -> EvalReport:
     cfg = engine.recipe.run
     chosen = samples[: cfg.eval_limit] if cfg.eval_limit else samples
     return evaluate(engine.policy, chosen, engine.verifiers, max_new_tokens=engine.recipe.rollout.max_new_tokens,
-                    batch_size=cfg.eval_batch_size)
+                    prompt_template=engine.recipe.prompt_template, batch_size=cfg.eval_batch_size)

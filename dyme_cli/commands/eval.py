@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import BadArgument
 from ..ui import console, err_console, progress_bar, quiet_transformers
 
 
@@ -25,17 +26,22 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N samples."),
     verifier: Optional[str] = typer.Option(None, "--verifier", help="Score every sample with this verifier instead of its task's."),
     answer_flag: str = typer.Option("Answer:", "--answer-flag", help="Text that introduces the final answer."),
+    prompt_template: Optional[str] = typer.Option(
+        None, "--prompt-template", help="The user turn with a {question} placeholder (default: the template the "
+        "checkpoint's run recorded, else the paper's instruction with --answer-flag)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
     traces_out: Optional[Path] = typer.Option(
         None, "--traces", help="Write every completion to this JSONL file, in the training trace format."),
 ) -> None:
     """Accuracy, pass@K, format and length of one or more checkpoints, per task and question kind."""
-    from ..data import read_samples
-    from ..evaluate import EvalReport
+    from ..data import QUESTION, read_samples
+    from ..evaluate import EvalReport, prompt_template_for
     from ..plugins import load_verifiers
     from ..verify_pool import VerifierPool
 
     quiet_transformers()
+    if prompt_template is not None and QUESTION not in prompt_template:
+        raise BadArgument(f"--prompt-template must contain {QUESTION}")
     samples = read_samples(data)[:limit]
     verifiers = load_verifiers([verifier] if verifier else [s.task for s in samples], answer_flag)
     labels = _checkpoint_labels(checkpoints)
@@ -47,8 +53,9 @@ def eval_command(
         with VerifierPool(verifiers) as pool, progress_bar() as progress:
             for checkpoint, label in zip(checkpoints, labels):
                 reports[label] = EvalReport(k=samples_per_prompt)
+                template = prompt_template or prompt_template_for(checkpoint, answer_flag)
                 _evaluate_checkpoint(checkpoint, label, samples, pool, reports[label], progress, traces_out,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     prompt_template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                      samples_per_prompt=samples_per_prompt, temperature=temperature, verifier=verifier)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted; partial results:[/]")
