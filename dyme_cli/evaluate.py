@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from .data import Sample, append_jsonl, instruction_template
 from .modeling import Policy
 from .recipe import DEFAULT_REWARD_WEIGHTS, load_recipe
-from .rollout import Completion, encode_prompt, generate
+from .rollout import GREEDY, Completion, encode_prompt, generate, sampling_settings
 from .rundir import run_recipe_file
 from .traces import eval_traces
 from .verdict import Verdict
@@ -131,12 +131,12 @@ def evaluate(
     `on_group` sees each prompt's completions and verdicts.
     """
     report = report if report is not None else EvalReport(k=samples_per_prompt)
-    greedy = samples_per_prompt == 1
+    sampling = GREEDY if samples_per_prompt == 1 else sampling_settings(temperature=temperature)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         prompts = [encode_prompt(policy, s, prompt_template) for s in chunk]
         groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
-                          greedy=greedy, temperature=temperature, batch_size=batch_size)
+                          sampling=sampling, batch_size=batch_size)
         tasks = [verifier or s.task for s in chunk]
         verdicts, _ = verifiers.verify_groups(
             [(task, s, [c.text for c in group]) for s, task, group in zip(chunk, tasks, groups)])

@@ -6,11 +6,19 @@ Per completion token t of row i, with ratio rho = exp(logp - logp_old):
 With one update per batch of rollouts (mu = 1) logp_old = logp.detach(), so rho = 1 and the gradient is
 -A * grad logp: for A = 1 exactly the SFT (cross-entropy) gradient.
 
-Aggregation over the step's N rows (T_i completion tokens each, L = max_new_tokens):
-    grpo     mean over rows of the per-row token mean:   (1/N) sum_i (1/T_i) sum_t l_it
-    bnpo     token mean within each micro-batch, averaged over the micro-batches
+Aggregation over the step (sums run over the rows that are forwarded, those with A != 0; T_i completion tokens
+of row i, L = max_new_tokens; N rows and T tokens in the denominators, as set by the loss scale below):
+    grpo     per-row token means over N rows:   (1/N) sum_i (1/T_i) sum_t l_it
+    bnpo     scale "active_rows": token mean within each micro-batch, averaged over the micro-batches;
+             scale "rollouts":    sum of all token losses / T   (the step is one batch)
     dr_grpo  sum of all token losses / (N * L)
-    dapo     sum of all token losses / sum_i T_i   (token mean over the whole step)
+    dapo     sum of all token losses / T   (token mean over the whole step)
+Loss scale (`[train].loss_scale`):
+    rollouts     N and T count EVERY row of the step, forwarded or not: the B*K rollouts, with a memorized
+                 group's first rollout replaced by its reference target (B rows for SFT). Rows with A = 0 add
+                 nothing to the sums but dilute the step, as in the authors' trainer and TRL's GRPO: a step where
+                 most groups are skipped makes a small update.
+    active_rows  N and T count only the forwarded rows: every step has unit weight.
 Each micro-batch's loss is scaled so that the accumulated gradient equals that of the whole step.
 """
 
@@ -21,14 +29,18 @@ from dataclasses import dataclass
 import torch
 
 
+LOSS_SCALES = ("rollouts", "active_rows")
+
+
 @dataclass(frozen=True)
 class StepTotals:
-    """Sizes of the whole step, so that micro-batch losses add up to the step loss."""
+    """The step's denominators (rows and tokens per the loss scale), so micro-batch losses add up to the step loss."""
 
     rows: int
     tokens: int
-    micro_batches: int
+    micro_batches: int  # forwarded micro-batches
     max_new_tokens: int
+    scale: str = "active_rows"  # one of LOSS_SCALES
 
 
 def clipped_surrogate(
@@ -52,12 +64,12 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, total
     masked = per_token * mask
     if loss_type == "grpo":
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / totals.rows
-    if loss_type == "bnpo":
+    if loss_type == "bnpo" and totals.scale == "active_rows":
         return masked.sum() / mask.sum().clamp(min=1) / totals.micro_batches
+    if loss_type in ("bnpo", "dapo"):
+        return masked.sum() / max(totals.tokens, 1)
     if loss_type == "dr_grpo":
         return masked.sum() / (totals.rows * totals.max_new_tokens)
-    if loss_type == "dapo":
-        return masked.sum() / max(totals.tokens, 1)
     raise ValueError(f"unknown loss_type '{loss_type}'")
 
 

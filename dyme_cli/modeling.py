@@ -40,7 +40,12 @@ class Policy:
 
     @property
     def tokenizer(self):
-        return getattr(self.processor, "tokenizer", self.processor)
+        return tokenizer_of(self.processor)
+
+
+def tokenizer_of(processor):
+    """A VLM processor's tokenizer; a text-only model's processor is its tokenizer."""
+    return getattr(processor, "tokenizer", processor)
 
 
 def is_tiny(name: str) -> bool:
@@ -73,16 +78,17 @@ def tiny_family(name: str) -> str:
 
 def load_policy(
     name_or_path: str, dtype: str = "float32", *, attn_implementation: str | None = None,
-    trust_remote_code: bool = False, merge_adapter: bool = True,
+    trust_remote_code: bool = False, merge_adapter: bool = True, processor_options: dict | None = None,
 ) -> Policy:
     """Load a model and its processor through the Auto classes: AutoModelForImageTextToText + AutoProcessor for
     vision-language models, AutoModelForCausalLM + AutoTokenizer for text-only ones.
 
     A PEFT adapter directory (one with adapter_config.json) loads its base model, then the adapter: merged into
     the weights (evaluation), or as a trainable PeftModel (`merge_adapter=False`, resuming a LoRA run). The
-    processor comes from the adapter directory when it holds one, else from the base.
+    processor comes from the adapter directory when it holds one, else from the base; `processor_options`
+    (image resolution, tiling, ...) go to its from_pretrained.
     """
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig
 
     if not is_hub_id(name_or_path) and not Path(name_or_path).exists():
         raise ModelLoadError(f"cannot load model '{name_or_path}': no such directory")
@@ -93,23 +99,32 @@ def load_policy(
     try:
         config = AutoConfig.from_pretrained(model_source, **remote)
         model_class, text_only = model_class_for(config)
-        processor = (AutoTokenizer if text_only else AutoProcessor).from_pretrained(processor_source, **remote)
+        processor = load_processor(processor_source, text_only, trust_remote_code, processor_options)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = model_class.from_pretrained(model_source, dtype=getattr(torch, dtype), **remote, **extra)
         if base is not None:
             model = _load_adapter(model, name_or_path, merge=merge_adapter)
     except (OSError, ValueError, ImportError) as exc:
         raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     eos = _eos_ids(model, tokenizer)
     blocked = sorted(set(tokenizer.all_special_ids) - set(eos))
     return Policy(model, processor, eos, _pad_id(tokenizer), blocked, text_only)
 
 
+def load_processor(source: str, text_only: bool, trust_remote_code: bool = False, options: dict | None = None):
+    """AutoTokenizer for a text-only model, AutoProcessor for a vision-language model, with `options`."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    auto = AutoTokenizer if text_only else AutoProcessor
+    return auto.from_pretrained(source, trust_remote_code=trust_remote_code, **(options or {}))
+
+
 def load_for_recipe(section: ModelSection, source: str, merge_adapter: bool = True) -> Policy:
     """load_policy with the recipe's `[model]` loading options."""
     return load_policy(source, section.dtype, attn_implementation=section.attn_implementation,
-                       trust_remote_code=section.trust_remote_code, merge_adapter=merge_adapter)
+                       trust_remote_code=section.trust_remote_code, merge_adapter=merge_adapter,
+                       processor_options=section.processor)
 
 
 def model_class_for(config) -> tuple[type, bool]:

@@ -2,8 +2,10 @@
 
 Checked: the datasets (readable, counts per task), the verifiers (installed, options valid), the model
 (config resolvable: a local directory, a hub id when the hub is reachable, or a tiny family), and the batch
-arithmetic. The plan gives rollouts and rows per step, generate calls, micro-batches, optimizer steps, and a
-rough memory figure for the weights, gradients and AdamW state (activations are not included).
+arithmetic. The plan gives rollouts and rows per step, generate calls, micro-batches, optimizer steps, the
+precision of weights, optimizer state and compute, a rough memory figure for the weights, gradients and AdamW
+state (activations are not included), and the first training prompt as the model will read it, with its token
+and image-token counts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .data import DataError, read_samples
+from .data import DataError, Sample, read_samples, user_text
 from .errors import first_line
 from .hub import is_hub_id
 from .plugins import VerifierError, installed_verifiers, load_verifiers
@@ -37,15 +39,20 @@ def dry_run(recipe: Recipe, max_steps: int | None = None) -> Plan:
     if max_steps:
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": max_steps})})
     plan = Plan()
-    tasks = _check_data(recipe, plan)
+    tasks, first = _check_data(recipe, plan)
     _check_verifiers(recipe, tasks, plan)
     _check_batches(recipe, plan)
-    _check_model(recipe, plan)
+    _check_precision(recipe, plan)
+    config = _check_model(recipe, plan)
+    if first is not None:
+        _check_prompt(recipe, plan, first, config)
     return plan
 
 
-def _check_data(recipe: Recipe, plan: Plan) -> set[str]:
+def _check_data(recipe: Recipe, plan: Plan) -> tuple[set[str], Sample | None]:
+    """The tasks the data uses, and the first training sample (None when the training data is unusable)."""
     tasks: set[str] = set()
+    first = None
     for split, path in (("train", recipe.data.train), ("test", recipe.data.test)):
         if path is None:
             continue
@@ -61,6 +68,7 @@ def _check_data(recipe: Recipe, plan: Plan) -> set[str]:
         per_task = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
         plan.add(f"{split} data", f"{path}: {len(samples)} samples ({per_task}); {with_images} with images")
         if split == "train":
+            first = samples[0]
             if no_reference:
                 plan.notes.append(f"{no_reference} training samples have no reference trace: memorizing them teaches "
                                   "only the answer flag and the answer")
@@ -69,7 +77,7 @@ def _check_data(recipe: Recipe, plan: Plan) -> set[str]:
                                   f"{len(samples)} training samples; prompts repeat within a step")
     if (recipe.run.eval_before or recipe.run.eval_after) and recipe.data.test is None:
         plan.notes.append("[run].eval_before/eval_after need [data].test; no held-out evaluation will run")
-    return tasks
+    return tasks, first
 
 
 def _check_verifiers(recipe: Recipe, tasks: set[str], plan: Plan) -> None:
@@ -106,7 +114,23 @@ def _check_batches(recipe: Recipe, plan: Plan) -> None:
                           "checkpoint is written")
 
 
-def _check_model(recipe: Recipe, plan: Plan) -> None:
+def _check_precision(recipe: Recipe, plan: Plan) -> None:
+    section = recipe.model
+    compute = section.dtype if section.mixed_precision == "no" else f"{section.mixed_precision} autocast (accelerate)"
+    if section.lora is not None:
+        plan.add("precision", f"frozen base weights in {section.dtype}, LoRA adapters and their AdamW state in "
+                              f"float32; compute in {compute}")
+    elif section.dtype == "float32":
+        plan.add("precision", f"float32 weights and AdamW state; compute in {compute}")
+    else:
+        plan.add("precision", f"{section.dtype} weights and AdamW state, no float32 master copy; compute in {compute}")
+        plan.notes.append(f'[model].dtype = "{section.dtype}" trains the weights in {section.dtype}: updates '
+                          "below half a unit of its last place (up to 0.4% of a weight's size in bfloat16) are lost; "
+                          'dtype = "float32" with mixed_precision = "bf16" keeps them at the cost of memory')
+
+
+def _check_model(recipe: Recipe, plan: Plan):
+    """The model's config (None for a tiny model or one that cannot be resolved)."""
     from .modeling import DEFAULT_LORA_TARGETS, ModelLoadError, is_tiny, model_class_for, tiny_family
 
     section = recipe.model
@@ -115,23 +139,49 @@ def _check_model(recipe: Recipe, plan: Plan) -> None:
             tiny_family(section.name_or_path)
         except ModelLoadError as exc:
             plan.problems.append(str(exc))
-            return
+            return None
         plan.add("model", f"{section.name_or_path}: built from a config in the run directory at the first run")
-        return
+        return None
     config = _model_config(section, plan)
     if config is None:
-        return
+        return None
     model_class, text_only = model_class_for(config)
     total, trainable = _parameter_counts(model_class, config, section, DEFAULT_LORA_TARGETS)
     kind = "text-only causal LM" if text_only else "vision-language model"
     plan.add("model", f"{section.name_or_path}: {config.model_type}, {kind}, {total / 1e6:.1f}M parameters, "
                       f"{trainable / 1e6:.2f}M trainable" + (" (LoRA)" if section.lora else ""))
     weights = total * BYTES[section.dtype]
-    state = trainable * (BYTES[section.dtype] + 2 * BYTES[section.dtype])  # gradients + AdamW's two moments
+    trained_bytes = BYTES["float32"] if section.lora is not None else BYTES[section.dtype]  # PEFT: fp32 adapters
+    state = trainable * 3 * trained_bytes  # gradients + AdamW's two moments
     reference = weights if recipe.train.beta > 0 else 0
     plan.add("memory (rough)", f"{_gib(weights + state + reference)} = weights {_gib(weights)} + gradients and "
                                f"optimizer state {_gib(state)}" + (f" + reference model {_gib(reference)}" if reference else "")
              + "; activations come on top")
+    return config
+
+
+def _check_prompt(recipe: Recipe, plan: Plan, sample: Sample, config) -> None:
+    """The first training prompt as the model reads it (chat template, image tokens), when the processor is at hand."""
+    from .modeling import load_processor, model_class_for
+    from .rollout import encode_text, image_token_count, prompt_text
+
+    template = recipe.prompt_template
+    if config is None:
+        plan.add("prompt (user turn)", user_text(sample, template))
+        plan.notes.append("the prompt is shown without the model's chat template, which is not available yet")
+        return
+    section = recipe.model
+    text_only = model_class_for(config)[1]
+    try:
+        processor = load_processor(section.name_or_path, text_only, section.trust_remote_code, section.processor)
+        text = prompt_text(processor, text_only, sample, template)
+        ids = encode_text(processor, text_only, sample, text)["input_ids"]
+    except (OSError, ValueError, TypeError) as exc:
+        plan.problems.append(f"[model].processor: cannot encode the first prompt ({sample.id}): {first_line(exc)}")
+        return
+    plan.add("prompt", text)
+    plan.add("prompt tokens", f"{ids.shape[-1]} for sample {sample.id}, {image_token_count(processor, ids)} of them "
+                              "image tokens (set with [model].processor)")
 
 
 def _model_config(section, plan: Plan):

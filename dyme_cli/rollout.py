@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from .data import QUESTION, Sample, chat_messages, load_images
-from .modeling import Policy
+from .modeling import Policy, tokenizer_of
 
 @dataclass
 class Completion:
@@ -24,19 +24,30 @@ class Completion:
 def encode_prompt(policy: Policy, sample: Sample, template: str = QUESTION) -> dict[str, torch.Tensor]:
     """The model inputs of one prompt (batch dimension 1, no padding): `template` with the sample's question,
     through the model's chat template with the generation prompt."""
-    text = prompt_text(policy, sample, template)
-    if sample.images and not policy.text_only:
-        encoded = policy.processor(text=[text], images=[load_images(sample)], return_tensors="pt")
-    else:
-        encoded = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False)
-    return dict(encoded)
+    text = prompt_text(policy.processor, policy.text_only, sample, template)
+    return encode_text(policy.processor, policy.text_only, sample, text)
 
 
-def prompt_text(policy: Policy, sample: Sample, template: str = QUESTION) -> str:
+def prompt_text(processor, text_only: bool, sample: Sample, template: str = QUESTION) -> str:
     """What the model reads before its completion: the chat template applied to the user turn, with the
     generation prompt (image placeholders not yet expanded)."""
-    messages = chat_messages(sample, text_only=policy.text_only, template=template)
-    return policy.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    messages = chat_messages(sample, text_only=text_only, template=template)
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_text(processor, text_only: bool, sample: Sample, text: str) -> dict[str, torch.Tensor]:
+    """A rendered prompt and the sample's images as model inputs; the processor expands each image placeholder."""
+    if sample.images and not text_only:
+        return dict(processor(text=[text], images=[load_images(sample)], return_tensors="pt"))
+    return dict(tokenizer_of(processor)([text], return_tensors="pt", add_special_tokens=False))
+
+
+def image_token_count(processor, input_ids: torch.Tensor) -> int:
+    """How many of a prompt's tokens are image tokens (0 for a processor without an image token)."""
+    token = getattr(processor, "image_token", None)
+    if token is None:
+        return 0
+    return int((input_ids == tokenizer_of(processor).convert_tokens_to_ids(str(token))).sum())
 
 
 def target_ids(policy: Policy, text: str) -> list[int]:
@@ -85,6 +96,21 @@ def _stack(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded, dim=0)
 
 
+def sampling_settings(*, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                      repetition_penalty: float = 1.0) -> dict:
+    """Every generation setting that shapes the next-token distribution, explicit: none is inherited from the
+    model's own generation_config (some instruct models ship a repetition penalty, a top-k or a temperature).
+    The neutral values switch a setting off; greedy decoding ignores the sampling ones."""
+    return {
+        "do_sample": not greedy, "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0,
+        "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "repetition_penalty": repetition_penalty,
+        "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    }
+
+
+GREEDY = sampling_settings(greedy=True)
+
+
 @torch.no_grad()
 def generate(
     policy: Policy,
@@ -92,17 +118,14 @@ def generate(
     *,
     num_generations: int,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
+    sampling: dict,
     batch_size: int = 8,
 ) -> list[list[Completion]]:
-    """K completions for each prompt, generated `batch_size` prompts at a time."""
+    """K completions for each prompt, generated `batch_size` prompts at a time with `sampling_settings`."""
     model = policy.model
     was_training = model.training
     model.eval()
     groups: list[list[Completion]] = []
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         inputs = {k: v.to(model.device) for k, v in collate(chunk, policy.pad_token_id, "left").items()}
@@ -144,15 +167,16 @@ def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[in
 
 
 def completion_logprobs(
-    model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int
+    model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of each row's completion tokens, and the mask of those positions.
+    """Log-probabilities of each row's completion tokens under the policy that sampled them (logits / temperature,
+    as TRL does), and the mask of those positions.
 
     Both have shape (rows, max completion length); only completion tokens are scored.
     """
     batch = collate([row for row, _ in rows], pad_id, "right")
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    logits = model(**batch).logits[:, :-1].float()
+    logits = model(**batch).logits[:, :-1].float() / temperature
     targets = batch["input_ids"][:, 1:]
     token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     starts = torch.tensor([prompt_len - 1 for _, prompt_len in rows], device=targets.device)

@@ -2,6 +2,7 @@
 
     RUN/
       recipe.toml                 the resolved recipe (every default filled in)
+      generation.json             the rollouts' generation settings, complete (nothing left to the model's defaults)
       base-model/                 the embedded tiny model as built (tiny:* recipes only)
       metrics.jsonl               one line per step
       traces.jsonl                one line per rollout and per memorized target
@@ -27,6 +28,7 @@ from .errors import UserError
 RECIPE_FILE = "recipe.toml"
 METRICS_FILE = "metrics.jsonl"
 TRACES_FILE = "traces.jsonl"
+GENERATION_FILE = "generation.json"
 BASE_MODEL_DIR = "base-model"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"  # optimizer, scheduler, RNG and step, next to the weights
@@ -88,6 +90,9 @@ class RunDir:
         """Make the directory and record the resolved recipe."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.recipe_file.write_text(recipe_toml, encoding="utf-8")
+
+    def record_generation(self, settings: dict) -> None:
+        (self.path / GENERATION_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -30,7 +30,7 @@ from .losses import StepTotals, policy_loss
 from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_model_path, save_policy
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
-from .rollout import completion_logprobs, encode_prompt, generate, target_ids, with_completion
+from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import METRICS_FILE, RunDir, state_file
 from .traces import Trace, step_metrics, step_traces
 from .verify_pool import VerifierPool
@@ -100,7 +100,7 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
     gate(engine, batch)
     rows = assemble_rows(batch.groups)
     t2 = time.perf_counter()
-    update_stats = update(engine, rows)
+    update_stats = update(engine, rows, step_totals(engine.recipe, batch.groups, rows))
     t3 = time.perf_counter()
 
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
@@ -134,11 +134,18 @@ def sample_rollouts(engine: Engine, batch: StepBatch) -> None:
         return
     completions = generate(
         engine.policy, [g.prompt for g in batch.groups], num_generations=cfg.num_generations,
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens, sampling=rollout_sampling(engine.recipe),
         batch_size=cfg.prompts_per_generate,
     )
     for group, group_completions in zip(batch.groups, completions):
         group.completions = group_completions
+
+
+def rollout_sampling(recipe: Recipe) -> dict:
+    """The recipe's sampling settings, complete (rollout.sampling_settings); recorded in the run directory."""
+    cfg = recipe.rollout
+    return sampling_settings(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                             repetition_penalty=cfg.repetition_penalty)
 
 
 def verify(engine: Engine, batch: StepBatch) -> None:
@@ -186,15 +193,34 @@ def assemble_rows(groups: Sequence[PromptGroup]) -> list[Row]:
 # --------------------------------------------------------------------------- the update
 
 
-def update(engine: Engine, rows: list[Row]) -> dict:
+def step_totals(recipe: Recipe, groups: Sequence[PromptGroup], rows: Sequence[Row]) -> StepTotals:
+    """The loss's denominators for `[train].loss_scale` (losses.py): the forwarded rows, or every row of the step."""
+    micro_batches = math.ceil(len(rows) / recipe.optim.micro_batch_size)
+    if recipe.train.loss_scale == "active_rows":
+        lengths = [len(row.completion_ids) for row in rows]
+    else:
+        lengths = [n for group in groups for n in group_row_lengths(group)]
+    return StepTotals(len(lengths), sum(lengths), micro_batches, recipe.rollout.max_new_tokens, recipe.train.loss_scale)
+
+
+def group_row_lengths(group: PromptGroup) -> list[int]:
+    """Completion lengths of every row a group holds, as the authors lay it out: its K rollouts, the first one
+    replaced by the reference target when the group memorizes (SFT groups hold the target alone)."""
+    lengths = [len(c.ids) for c in group.completions]
+    if group.target is not None:
+        lengths[:1] = [len(group.target.ids)]
+    return lengths
+
+
+def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
     """num_iterations optimizer steps on the rows, micro-batched with gradient accumulation."""
     recipe, model = engine.recipe, engine.policy.model
     stats: dict = {"loss": None, "grad_norm": None, "rows": len(rows), "tokens": sum(len(r.completion_ids) for r in rows)}
     if rows:
         micro = chunked(rows, recipe.optim.micro_batch_size)
-        totals = StepTotals(len(rows), stats["tokens"], len(micro), recipe.rollout.max_new_tokens)
-        old = frozen_logprobs(model, micro, engine.policy.pad_token_id) if recipe.train.num_iterations > 1 else None
-        ref = frozen_logprobs(engine.reference, micro, engine.policy.pad_token_id) if engine.reference else None
+        pad, temperature = engine.policy.pad_token_id, recipe.rollout.temperature
+        old = frozen_logprobs(model, micro, pad, temperature) if recipe.train.num_iterations > 1 else None
+        ref = frozen_logprobs(engine.reference, micro, pad, temperature) if engine.reference else None
         for _ in range(recipe.train.num_iterations):
             stats.update(optimizer_step(engine, micro, totals, old, ref))
     with warnings.catch_warnings():
@@ -212,7 +238,7 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
     loss_sum, clip_sum, kl_sum, nll_sum, nll_tokens = 0.0, 0.0, 0.0, 0.0, 0.0
     for j, batch in enumerate(micro):
         pairs = [with_completion(row.prompt, row.completion_ids) for row in batch]
-        logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id)
+        logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id, recipe.rollout.temperature)
         advantages = torch.tensor([row.advantage for row in batch], device=logp.device)
         loss, info = policy_loss(
             logp, old[j] if old else logp.detach(), advantages, mask,
@@ -228,17 +254,19 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
         kl_sum += info.get("kl", 0.0) * len(batch)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
     engine.optimizer.step()
-    out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / totals.rows,
+    forwarded = sum(len(batch) for batch in micro)
+    out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / forwarded,
            "memorize_nll": nll_sum / nll_tokens if nll_tokens else None}
     if train_cfg.beta > 0:
-        out["kl"] = kl_sum / totals.rows
+        out["kl"] = kl_sum / forwarded
     return out
 
 
 @torch.no_grad()
-def frozen_logprobs(model, micro, pad_id: int) -> list[torch.Tensor]:
+def frozen_logprobs(model, micro, pad_id: int, temperature: float) -> list[torch.Tensor]:
     """Log-probs before any update (old policy for mu > 1) or under the frozen reference model."""
-    return [completion_logprobs(model, [with_completion(r.prompt, r.completion_ids) for r in batch], pad_id)[0]
+    return [completion_logprobs(model, [with_completion(r.prompt, r.completion_ids) for r in batch], pad_id,
+                                temperature)[0]
             for batch in micro]
 
 
@@ -265,22 +293,38 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(order)
 
 
+# Parameters that get no weight decay: biases and normalisation weights (the transformers Trainer's rule).
+NO_DECAY = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+
+
 def build_optimizer(model: torch.nn.Module, recipe: Recipe, max_steps: int):
     cfg = recipe.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, max_steps, cfg.schedule))
     return optimizer, scheduler
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters in two AdamW groups: with weight decay, and without it for biases and
+    normalisation weights (found by transformers' own `get_parameter_names`)."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decayed = set(get_parameter_names(model, [torch.nn.LayerNorm], list(NO_DECAY)))
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for name, p in trainable if name in decayed], "weight_decay": weight_decay},
+            {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0}]
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Linear warmup over `warmup` steps, then constant or cosine decay to zero at `total`."""
+    """Linear warmup over `warmup` steps, then constant, linear or cosine decay to zero at `total`."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    progress = min((step - warmup) / max(1, total - warmup), 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -369,7 +413,13 @@ def train(
     prepare_for_training(policy, recipe.model)
 
     warn_long_targets(policy, samples, recipe, on_message)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    run.record_generation({"max_new_tokens": recipe.rollout.max_new_tokens,
+                           "num_return_sequences": recipe.rollout.num_generations, **rollout_sampling(recipe),
+                           "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
+                           "suppress_tokens": policy.blocked_token_ids})
+    # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
+    # passes run under accelerate's autocast in bf16/fp16.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision)
     optimizer, scheduler = build_optimizer(policy.model, recipe, total)
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
     policy.model.train()

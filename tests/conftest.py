@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).resolve().parent / "plugins"  # a third-party verifier distribution (*.dist-info + module)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state (mixed precision, device); a test run trains many times in one
+    process with different settings, as separate `dyme train` processes would."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+
+
 @pytest.fixture
 def offline_hub(monkeypatch) -> None:
     """No network: a hub id fails at once instead of retrying (the env var alone is read too early)."""

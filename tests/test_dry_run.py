@@ -1,6 +1,7 @@
 """`dyme train RECIPE --dry-run`: every shipped recipe validates, the plan's numbers are right, and the
 parameter counts match real models."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,25 @@ def test_problems_exit_2_and_are_all_reported(tmp_path, chart_data, offline_hub)
     assert f"{tmp_path}/missing.jsonl: dataset file not found" in text
     assert "[verifier.options.nope]: unknown verifier 'nope'" in text
     assert f"cannot load '{tmp_path}/no-model'" in text
+
+
+@pytest.mark.parametrize("processor_options, image_tokens", [
+    ("", 4),  # the tiny SmolVLM: one 32-px view, 4 tokens after pixel shuffle
+    ("[model.processor]\ndo_image_splitting = true\nsize = { longest_edge = 64 }\n", 20),  # 2 x 2 crops + global view
+])
+def test_chart_recipe_dry_run_shows_the_prompt_the_precision_and_the_image_tokens(
+        processor_options, image_tokens, tmp_path, monkeypatch, tiny_model_dir, chart_data):
+    """recipes/chart.toml on fixture data; the hub is out of reach, so the tiny SmolVLM stands in for SmolVLM-256M."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(chart_data, tmp_path / "data" / "chartqa")
+    recipe = (REPO / "recipes" / "chart.toml").read_text()
+    recipe = recipe.replace('"HuggingFaceTB/SmolVLM-256M-Instruct"', f'"{tiny_model_dir}"')
+    (tmp_path / "chart.toml").write_text(recipe.replace("[data]", processor_options + "[data]", 1))
+    monkeypatch.setattr(ui.console, "width", 250)
+    result = runner.invoke(app, ["train", "chart.toml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "precision float32 weights and AdamW state; compute in bf16 autocast (accelerate)" in text
+    assert ('prompt <|im_start|>User:<image>Your task is to answer the question below. Give step by step thinking '
+            'before you answer, and when you\'re ready to answer, please use the format "Answer: .." Question:') in text
+    assert f", {image_tokens} of them image tokens" in text

@@ -109,3 +109,32 @@ def test_kl_term():
                               beta=0.1, ref_logp=ref, **CLIP)
     assert loss.item() == pytest.approx(0.1 * sum(expected) / 2)
     assert stats["kl"] == pytest.approx(sum(expected) / 2)
+
+
+def test_aggregations_by_hand_over_every_row_of_the_step():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # The step holds 8 rows with 20 tokens (most with A = 0, never forwarded); this micro-batch has 2 rows, 5 tokens.
+    totals = StepTotals(rows=8, tokens=20, micro_batches=2, max_new_tokens=3, scale="rollouts")
+    assert aggregate(per_token, mask, "grpo", totals).item() == pytest.approx((2.0 + 4.5) / 8)
+    assert aggregate(per_token, mask, "bnpo", totals).item() == pytest.approx(15.0 / 20)
+    assert aggregate(per_token, mask, "dr_grpo", totals).item() == pytest.approx(15.0 / (8 * 3))
+    assert aggregate(per_token, mask, "dapo", totals).item() == pytest.approx(15.0 / 20)
+
+
+def test_rollouts_scale_gives_the_gradient_of_forwarding_every_row():
+    """The authors' loss forwards all B*K rows and averages them; rows with A = 0 only dilute it. Forwarding only
+    the rows with A != 0 under the "rollouts" scale must give the same gradient."""
+    torch.manual_seed(1)
+    logp_all = (-torch.rand(4, 3) * 2).requires_grad_()
+    mask_all = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv_all = torch.tensor([0.7, 0.0, -0.7, 0.0])
+    per_row = (-(adv_all[:, None] * logp_all) * mask_all).sum(-1) / mask_all.sum(-1)
+    per_row.mean().backward()  # the authors' grpo loss at mu = 1 (ratio 1)
+
+    active = [0, 2]
+    logp = logp_all.detach()[active].clone().requires_grad_()
+    totals = StepTotals(rows=4, tokens=int(mask_all.sum()), micro_batches=1, max_new_tokens=3, scale="rollouts")
+    loss, _ = policy_loss(logp, logp.detach(), adv_all[active], mask_all[active], loss_type="grpo", totals=totals, **CLIP)
+    loss.backward()
+    assert torch.allclose(logp.grad, logp_all.grad[active])

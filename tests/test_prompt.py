@@ -39,13 +39,13 @@ def test_a_template_without_the_placeholder_is_a_one_line_error():
 def test_the_template_goes_through_the_models_chat_template(tiny_model_dir, chart_data):
     policy = load_policy(str(tiny_model_dir))
     sample = read_samples(chart_data / "train.jsonl")[0]
-    text = prompt_text(policy, sample, PAPER + "{question}")
+    text = prompt_text(policy.processor, False, sample, PAPER + "{question}")
     # the tiny SmolVLM template: <|im_start|>User:<image>TEXT<end_of_utterance>\nAssistant:
     assert text == f"<|im_start|>User:<image>{PAPER}{sample.question}<end_of_utterance>\nAssistant:"
-    assert prompt_text(policy, sample) == f"<|im_start|>User:<image>{sample.question}<end_of_utterance>\nAssistant:"
+    assert prompt_text(policy.processor, False, sample) == f"<|im_start|>User:<image>{sample.question}<end_of_utterance>\nAssistant:"
     # braces in a question are text, not format fields
     odd = sample.model_copy(update={"question": "What is {x}?"})
-    assert "What is {x}?" in prompt_text(policy, odd, "Q: {question}")
+    assert "What is {x}?" in prompt_text(policy.processor, False, odd, "Q: {question}")
 
 
 def test_training_encodes_prompts_with_the_recipes_template(tiny_model_dir, chart_data, tmp_path):

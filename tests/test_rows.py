@@ -9,7 +9,7 @@ from dyme_cli.data import read_samples
 from dyme_cli.dyme import GroupDecision, Mode
 from dyme_cli.modeling import load_policy
 from dyme_cli.rollout import Completion, completion_logprobs, encode_prompt, target_ids, with_completion
-from dyme_cli.trainer import Engine, assemble_rows, build_optimizer, update
+from dyme_cli.trainer import Engine, assemble_rows, build_optimizer, step_totals, update
 
 from conftest import small_recipe
 
@@ -34,8 +34,9 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
         GroupDecision(Mode.MEMORIZE, [0.0] * 4),  # all wrong: the reference target only
     ]
     target = Target("red = 1", target_ids(policy, "red = 1"))
-    rows = assemble_rows([PromptGroup(s, p, completions=g, decision=d, target=t) for s, p, g, d, t
-                          in zip(samples, prompts, groups, decisions, [None, None, target])])
+    groups = [PromptGroup(s, p, completions=g, decision=d, target=t) for s, p, g, d, t
+              in zip(samples, prompts, groups, decisions, [None, None, target])]
+    rows = assemble_rows(groups)
     assert [(r.completion_ids, r.advantage) for r in rows] == [(a, 0.8), (c, -0.8), (target[1], 1.0)]
 
     recipe = small_recipe(chart_data, tmp_path)
@@ -44,7 +45,7 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
     seen = []
     hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
     before = [p.detach().clone() for p in policy.model.parameters()]
-    stats = update(engine, rows)
+    stats = update(engine, rows, step_totals(recipe, groups, rows))
     hook.remove()
     assert sum(seen) == 3  # 3 rows, in micro-batches of at most 3
     assert stats["rows"] == 3 and stats["tokens"] == len(a) + len(c) + len(target[1])
@@ -66,3 +67,25 @@ def test_completion_logprobs_match_unpadded_single_row_forwards(chart_data, tiny
         ids = row["input_ids"][0]
         expected = [torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(prompt_len, len(ids))]
         assert logp[i, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_step_totals_count_the_active_rows_or_every_row_of_the_step(chart_data, tmp_path):
+    samples = read_samples(chart_data / "train.jsonl")[:4]
+
+    def group(sample, lengths, mode, advantages, target=None):
+        return PromptGroup(sample, {}, completions=[_completion(range(n)) for n in lengths],
+                           decision=GroupDecision(mode, advantages), target=target)
+    groups = [
+        group(samples[0], [3, 5, 2, 4], Mode.MEMORIZE, [0.0] * 4, Target("t", list(range(6)))),
+        group(samples[1], [1, 2, 3, 4], Mode.EXPLORE, [0.5, -0.5, 0.0, 0.0]),
+        group(samples[2], [2, 2, 2, 2], Mode.SKIP, [0.0] * 4),
+    ]
+    rows = assemble_rows(groups)  # the target (6 tokens) and two explored rollouts (1 and 2 tokens)
+    active = step_totals(small_recipe(chart_data, tmp_path, loss_scale="active_rows"), groups, rows)
+    assert (active.rows, active.tokens, active.micro_batches, active.scale) == (3, 9, 1, "active_rows")
+    # every row: the memorized group's first rollout is replaced by its target (6 + 5 + 2 + 4), then 10 and 8
+    every = step_totals(small_recipe(chart_data, tmp_path), groups, rows)
+    assert (every.rows, every.tokens, every.micro_batches, every.scale) == (12, 17 + 10 + 8, 1, "rollouts")
+    sft = [PromptGroup(samples[3], {}, decision=GroupDecision(Mode.MEMORIZE, []), target=Target("t", [1, 2, 3]))]
+    sft_totals = step_totals(small_recipe(chart_data, tmp_path), sft, assemble_rows(sft))
+    assert (sft_totals.rows, sft_totals.tokens) == (1, 3)  # an SFT prompt is its target alone

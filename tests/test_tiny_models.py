@@ -10,7 +10,7 @@ from PIL import Image
 from dyme_cli.data import Sample
 from dyme_cli.modeling import load_policy
 from dyme_cli.recipe import TinyModel
-from dyme_cli.rollout import completion_logprobs, encode_prompt, generate, target_ids, with_completion
+from dyme_cli.rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from dyme_cli.tiny_models import TINY_FAMILIES, build_tiny
 
 SPEC = TinyModel(image_size=32, hidden_size=32, vision_hidden_size=32)
@@ -101,7 +101,7 @@ def test_generates_and_trains(built, policy, image_dir):
         assert (prompts[0]["input_ids"] == image_id).sum() >= 4 and image_id in policy.blocked_token_ids
 
     torch.manual_seed(0)
-    groups = generate(policy, prompts, num_generations=2, max_new_tokens=5, greedy=False)
+    groups = generate(policy, prompts, num_generations=2, max_new_tokens=5, sampling=sampling_settings())
     assert [len(group) for group in groups] == [2, 2]
     for completion in (c for group in groups for c in group):
         assert 1 <= len(completion.ids) <= 5 and not set(completion.ids) & set(policy.blocked_token_ids)
