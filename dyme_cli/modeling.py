@@ -1,8 +1,10 @@
-"""Model + processor: from a hub id, a local save_pretrained directory, or the embedded tiny default.
+"""Model + processor: from a hub id, a local save_pretrained directory, a GGUF file, or the embedded tiny default.
 
 `tiny:smolvlm` builds a randomly initialised Idefics3 (SmolVLM architecture) with a few hundred
 thousand parameters and a BPE tokenizer trained on the dataset's own text, then saves it as an
-ordinary save_pretrained directory; from then on it loads exactly like a hub model.
+ordinary save_pretrained directory; from then on it loads exactly like a hub model. A GGUF file (a causal LM,
+with its tokenizer and chat template inside) is dequantized by transformers; training converts it once into an
+ordinary save_pretrained directory in the run directory.
 """
 
 from __future__ import annotations
@@ -52,18 +54,62 @@ def is_tiny(name: str) -> bool:
     return name.startswith(TINY_PREFIX)
 
 
-def resolve_model_path(section: ModelSection, tiny_dir: Path, texts: Iterable[str], seed: int) -> str:
-    """Where to load the model from: the given hub id/dir, or a tiny model built once in `tiny_dir`
-    (returned as an absolute path, so adapters and checkpoints that record it work from any directory)."""
+def resolve_model_path(section: ModelSection, base_dir: Path, texts: Iterable[str], seed: int) -> str:
+    """Where to load the model from: the given hub id or directory as it is; a tiny model built, or a GGUF file
+    converted, once into `base_dir` (returned as an absolute path, so adapters and checkpoints that record it
+    work from any directory)."""
     from .tiny_models import build_tiny
 
-    if not is_tiny(section.name_or_path):
-        return section.name_or_path
-    family = tiny_family(section.name_or_path)
-    out = Path(tiny_dir).resolve()
-    if not (out / "config.json").is_file():
-        build_tiny(family, out, ["User: Assistant:", *texts], section.tiny, seed=seed)
-    return str(out)
+    out = Path(base_dir).resolve()
+    if is_tiny(section.name_or_path):
+        if not (out / "config.json").is_file():
+            build_tiny(tiny_family(section.name_or_path), out, ["User: Assistant:", *texts], section.tiny, seed=seed)
+        return str(out)
+    if gguf_file(section.name_or_path) is not None:
+        if not (out / "config.json").is_file():
+            convert_gguf(section.name_or_path, out, section.trust_remote_code)
+        return str(out)
+    return section.name_or_path
+
+
+def gguf_file(name_or_path: str) -> Path | None:
+    """The GGUF file that `name_or_path` names (a `.gguf` file, or the only one in a directory without a
+    config.json); None for anything else."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"cannot load model '{name_or_path}': no such file")
+        return path
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        raise ModelLoadError(f"cannot load model '{name_or_path}': it holds several GGUF files "
+                             f"({', '.join(p.name for p in found)}); name one")
+    return found[0] if found else None
+
+
+def _source(name_or_path: str) -> tuple[str, dict]:
+    """(what to pass to from_pretrained, extra keyword arguments): a GGUF file is its folder + `gguf_file`."""
+    gguf = gguf_file(name_or_path)
+    return (str(gguf.parent), {"gguf_file": gguf.name}) if gguf is not None else (name_or_path, {})
+
+
+def convert_gguf(name_or_path: str, out: Path, trust_remote_code: bool = False) -> None:
+    """Dequantize a GGUF model once into an ordinary save_pretrained directory (written aside, then renamed)."""
+    import shutil
+
+    policy = load_policy(name_or_path, trust_remote_code=trust_remote_code)
+    config = policy.model.config
+    del config.quantization_config  # the weights are plain float tensors now; save them as such
+    model = type(policy.model)(config)
+    model.load_state_dict(policy.model.state_dict())
+    model.generation_config = policy.model.generation_config
+    out = Path(out)
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_policy(policy, tmp, model)
+    tmp.rename(out)
 
 
 def tiny_family(name: str) -> str:
@@ -88,20 +134,20 @@ def load_policy(
     processor comes from the adapter directory when it holds one, else from the base; `processor_options`
     (image resolution, tiling, ...) go to its from_pretrained.
     """
-    from transformers import AutoConfig
-
-    if not is_hub_id(name_or_path) and not Path(name_or_path).exists():
+    if gguf_file(name_or_path) is None and not is_hub_id(name_or_path) and not Path(name_or_path).exists():
         raise ModelLoadError(f"cannot load model '{name_or_path}': no such directory")
     base = adapter_base_model(name_or_path)
     model_source = name_or_path if base is None else base
     processor_source = name_or_path if base is None or _has_tokenizer(name_or_path) else base
-    remote = {"trust_remote_code": trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(model_source, **remote)
+        config = load_config(model_source, trust_remote_code)
         model_class, text_only = model_class_for(config)
         processor = load_processor(processor_source, text_only, trust_remote_code, processor_options)
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = model_class.from_pretrained(model_source, dtype=getattr(torch, dtype), **remote, **extra)
+        source, extra = _source(model_source)
+        if attn_implementation:
+            extra["attn_implementation"] = attn_implementation
+        model = model_class.from_pretrained(source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+                                            **extra)
         if base is not None:
             model = _load_adapter(model, name_or_path, merge=merge_adapter)
     except (OSError, ValueError, ImportError) as exc:
@@ -112,12 +158,21 @@ def load_policy(
     return Policy(model, processor, eos, _pad_id(tokenizer), blocked, text_only)
 
 
-def load_processor(source: str, text_only: bool, trust_remote_code: bool = False, options: dict | None = None):
+def load_config(name_or_path: str, trust_remote_code: bool = False):
+    """The model's config (AutoConfig), from a hub id, a directory or a GGUF file."""
+    from transformers import AutoConfig
+
+    source, extra = _source(name_or_path)
+    return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+
+
+def load_processor(name_or_path: str, text_only: bool, trust_remote_code: bool = False, options: dict | None = None):
     """AutoTokenizer for a text-only model, AutoProcessor for a vision-language model, with `options`."""
     from transformers import AutoProcessor, AutoTokenizer
 
     auto = AutoTokenizer if text_only else AutoProcessor
-    return auto.from_pretrained(source, trust_remote_code=trust_remote_code, **(options or {}))
+    source, extra = _source(name_or_path)
+    return auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra, **(options or {}))
 
 
 def load_for_recipe(section: ModelSection, source: str, merge_adapter: bool = True) -> Policy:

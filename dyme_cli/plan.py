@@ -185,10 +185,13 @@ def _check_prompt(recipe: Recipe, plan: Plan, sample: Sample, config) -> None:
 
 
 def _model_config(section, plan: Plan):
-    from transformers import AutoConfig
+    from .modeling import ModelLoadError, load_config
 
     try:
-        return AutoConfig.from_pretrained(section.name_or_path, trust_remote_code=section.trust_remote_code)
+        return load_config(section.name_or_path, section.trust_remote_code)
+    except ModelLoadError as exc:
+        plan.problems.append(f"[model].name_or_path: {exc}")
+        return None
     except (OSError, ValueError) as exc:
         reason = first_line(exc)
         if is_hub_id(section.name_or_path):

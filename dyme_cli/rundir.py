@@ -3,7 +3,7 @@
     RUN/
       recipe.toml                 the resolved recipe (every default filled in)
       generation.json             the rollouts' generation settings, complete (nothing left to the model's defaults)
-      base-model/                 the embedded tiny model as built (tiny:* recipes only)
+      base-model/                 the tiny model as built, or the GGUF model converted (tiny:* and .gguf only)
       metrics.jsonl               one line per step
       traces.jsonl                one line per rollout and per memorized target
       checkpoints/step-NNNNNN/    model + processor + trainer_state.pt

@@ -393,3 +393,41 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
 def build_tiny(family: str, out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:
     """Build and save the tiny model of `family` (a key of TINY_FAMILIES) under `out_dir`."""
     return TINY_FAMILIES[family].build(out_dir, texts, spec, seed=seed)
+
+
+def build_smolvlm_on(language_model: Path, out_dir: Path, spec: TinyModel, seed: int = 0) -> Path:
+    """SmolVLM's architecture around a real language model: an Idefics3 whose text model and tokenizer are those of
+    the causal LM saved at `language_model` (SmolVLM-256M's is SmolLM2-135M), with a small random vision tower and
+    connector sized by `spec`. The tokenizer gains SmolVLM's image and end-of-utterance tokens (their embeddings
+    start random); the chat template is SmolVLM's. For testing real weights on the vision path without a hub."""
+    from transformers import (
+        AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, Idefics3Config, Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    text = AutoModelForCausalLM.from_pretrained(language_model)
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"],
+                         special_tokens=True)
+    tokenizer.eos_token = "<end_of_utterance>"
+    image_processor = Idefics3ImageProcessor(
+        do_image_splitting=False, size={"longest_edge": spec.image_size}, max_image_size={"longest_edge": spec.image_size})
+    image_seq_len = (spec.image_size // spec.patch_size) ** 2 // spec.scale_factor**2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
+                                  chat_template=_SMOLVLM_TEMPLATE)
+    text_config = {**text.config.to_dict(), "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
+    config = Idefics3Config(
+        vision_config=_siglip(spec), text_config=text_config, scale_factor=spec.scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = _init(AutoModelForImageTextToText, config, seed)
+    weights = text.model.state_dict()
+    embeddings = weights.pop("embed_tokens.weight")
+    missing, unexpected = model.model.text_model.load_state_dict(weights, strict=False)
+    if missing != ["embed_tokens.weight"] or unexpected:
+        raise ValueError(f"{language_model} is not a Llama-architecture language model (missing {missing}, "
+                         f"unexpected {unexpected})")
+    with torch.no_grad():
+        model.model.text_model.embed_tokens.weight[: len(embeddings)] = embeddings
+    return _save(out_dir, model, processor, tokenizer)
