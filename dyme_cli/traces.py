@@ -88,7 +88,7 @@ def step_metrics(batch: StepBatch, *, update_stats: dict, timing: dict, lr: floa
     for name in components:
         mean, spread = _mean_std([v.rewards.get(name, 0.0) for v in flat_verdicts])
         metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = mean, spread
-    for key in ("memorize_nll", "clip_fraction", "kl"):
+    for key in ("memorize_nll", "clip_fraction", "kl", "memory_state_gib", "memory_peak_gib"):
         if key in update_stats:
             metrics[key] = update_stats[key]
     return metrics

@@ -256,10 +256,28 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
     engine.optimizer.step()
     forwarded = sum(len(batch) for batch in micro)
     out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / forwarded,
-           "memorize_nll": nll_sum / nll_tokens if nll_tokens else None}
+           "memorize_nll": nll_sum / nll_tokens if nll_tokens else None,
+           "memory_state_gib": state_bytes(model, engine.optimizer) / 2**30, "memory_peak_gib": peak_bytes() / 2**30}
     if train_cfg.beta > 0:
         out["kl"] = kl_sum / forwarded
     return out
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the weights (tied ones once), their gradients and the optimizer state: what --dry-run estimates."""
+    params = list({p.data_ptr(): p for p in model.parameters()}.values())
+    tensors = params + [p.grad for p in params if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def peak_bytes() -> int:
+    """The process's peak memory so far: allocated GPU memory on a GPU, resident memory on a CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 @torch.no_grad()

