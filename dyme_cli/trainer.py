@@ -25,13 +25,14 @@ from . import dyme
 from .batch import PromptGroup, StepBatch, Target
 from .data import Sample, read_samples, target_text, user_text
 from .dyme import Mode
+from .errors import first_line
 from .evaluate import EvalReport, evaluate
 from .losses import StepTotals, policy_loss
 from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_model_path, save_policy
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
-from .rundir import METRICS_FILE, RunDir, state_file
+from .rundir import METRICS_FILE, RunDir, RunDirError, state_file
 from .traces import Trace, step_metrics, step_traces
 from .verify_pool import VerifierPool
 
@@ -365,7 +366,11 @@ def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
 
 def restore_state(engine: Engine, checkpoint: Path) -> int:
     state = torch.load(state_file(checkpoint), weights_only=False)
-    engine.optimizer.load_state_dict(state["optimizer"])
+    try:
+        engine.optimizer.load_state_dict(state["optimizer"])
+    except ValueError as exc:  # e.g. a checkpoint written before biases and norms had their own no-decay group
+        raise RunDirError(f"{checkpoint}: its optimizer state does not fit this model and optimizer "
+                          f"({first_line(exc)}); resume with the dyme version that wrote it, or start a new run") from None
     engine.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])

@@ -197,3 +197,17 @@ def test_baselines_run_in_the_same_engine(tmp_path, chart_data, algorithm):
     else:  # GRPO never memorizes, even when every rollout is wrong
         assert all(m["n_memorize"] == 0 for m in metrics)
         assert {t["kind"] for t in traces} == {"rollout"} and len(traces) == 2 * 4 * 2
+
+
+def test_resuming_from_an_optimizer_state_that_does_not_fit_is_one_line(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    train(recipe, max_steps=2)
+    state_path = tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop(1)["params"]  # one group, as an older version wrote it
+    torch.save(state, state_path)
+    recipe_file = tmp_path / "run" / "recipe.toml"
+    result = runner.invoke(app, ["train", str(recipe_file), "--resume", "--max-steps", "4"])
+    assert result.exit_code == 2
+    assert "its optimizer state does not fit this model and optimizer" in " ".join(result.output.split())
