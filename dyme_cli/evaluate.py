@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import Sample, append_jsonl, instruction_template
+from .data import QUESTION, Sample, append_jsonl, instruction_template
 from .modeling import Policy
 from .recipe import DEFAULT_REWARD_WEIGHTS, load_recipe
 from .rollout import GREEDY, Completion, encode_prompt, generate, sampling_settings
@@ -88,11 +88,12 @@ class EvalReport:
 
 
 def prompt_template_for(checkpoint: str, answer_flag: str) -> str:
-    """The prompt template a checkpoint was trained with: the one its run directory's recipe recorded, else the
-    authors' instruction built from `answer_flag`."""
+    """The prompt template a checkpoint was trained with: the one its run directory's recipe recorded (a run
+    recorded without one predates templates and sent the bare question), else the authors' instruction built
+    from `answer_flag`."""
     recorded = run_recipe_file(checkpoint)
     if recorded is not None and recorded.is_file():
-        return load_recipe(recorded).prompt_template
+        return load_recipe(recorded).data.prompt_template or QUESTION
     return instruction_template(answer_flag)
 
 

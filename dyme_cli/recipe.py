@@ -200,8 +200,9 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
-    """The resolved recipe (every default filled in) as TOML, for the run directory."""
+    """The resolved recipe (every default filled in, the prompt template too) as TOML, for the run directory."""
     data = recipe.model_dump(mode="json", exclude_none=True)
+    data["data"]["prompt_template"] = recipe.prompt_template
     lines: list[str] = []
     _emit_table(lines, [], data)
     return "\n".join(lines).strip() + "\n"

@@ -9,7 +9,7 @@ from dyme_cli.cli import app
 from dyme_cli.data import read_samples
 from dyme_cli.evaluate import prompt_template_for
 from dyme_cli.modeling import load_policy
-from dyme_cli.recipe import RecipeError, recipe_from_dict
+from dyme_cli.recipe import RecipeError, load_recipe, recipe_from_dict, recipe_to_toml
 from dyme_cli.rollout import encode_prompt, prompt_text
 from dyme_cli.trainer import Engine, build_optimizer, cached_prompt, train
 
@@ -29,6 +29,12 @@ def test_the_default_template_is_the_papers_instruction_built_from_the_answer_fl
     flagged = _recipe(verifier={"answer_flag": "Final answer:"}).prompt_template
     assert 'please use the format "Final answer: .."' in flagged and flagged.endswith("Question:\n\n{question}")
     assert _recipe(data={"train": "t.jsonl", "prompt_template": "{question}"}).prompt_template == "{question}"
+
+
+def test_the_run_records_the_resolved_template(tmp_path):
+    (tmp_path / "recipe.toml").write_text(recipe_to_toml(_recipe(verifier={"answer_flag": "Final:"})))
+    recorded = load_recipe(tmp_path / "recipe.toml").data.prompt_template
+    assert recorded == PAPER.replace("Answer:", "Final:") + "{question}"
 
 
 def test_a_template_without_the_placeholder_is_a_one_line_error():
@@ -65,6 +71,9 @@ def test_dyme_eval_takes_the_template_the_run_recorded(tmp_path, chart_data):
     recipe.data.prompt_template = "Look at the chart. {question}"
     checkpoint = train(recipe).checkpoint
     assert prompt_template_for(str(checkpoint), "Answer:") == "Look at the chart. {question}"
+    recorded = tmp_path / "run" / "recipe.toml"
+    recorded.write_text(recorded.read_text().replace('prompt_template = "Look at the chart. {question}"\n', ""))
+    assert prompt_template_for(str(checkpoint), "Answer:") == "{question}"  # a run from before templates existed
     assert prompt_template_for(str(tmp_path / "elsewhere"), "Final:") == PAPER.replace("Answer:", "Final:") + "{question}"
 
 
