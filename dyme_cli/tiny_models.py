@@ -204,18 +204,10 @@ def _save(out_dir: Path, model, processor, tokenizer) -> Path:
 
 def build_tiny_smolvlm(out_dir: Path, texts: Iterable[str], spec: TinyModel, seed: int = 0) -> Path:
     """SmolVLM: a random-init Idefics3 (SigLIP, pixel shuffle by scale_factor, Llama) and its processor."""
-    from transformers import AutoModelForImageTextToText, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+    from transformers import AutoModelForImageTextToText, Idefics3Config
 
     tokenizer = train_bpe_tokenizer(texts, spec.vocab_size, _SMOLVLM_TOKENS)
-    image_processor = Idefics3ImageProcessor(
-        do_image_splitting=False,
-        size={"longest_edge": spec.image_size},
-        max_image_size={"longest_edge": spec.image_size},
-    )
-    image_seq_len = (spec.image_size // spec.patch_size) ** 2 // spec.scale_factor**2
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=_SMOLVLM_TEMPLATE
-    )
+    processor = _smolvlm_processor(tokenizer, spec)
     ids = _ids(tokenizer, _SMOLVLM_TOKENS)
     config = Idefics3Config(
         vision_config=_siglip(spec),
@@ -226,6 +218,21 @@ def build_tiny_smolvlm(out_dir: Path, texts: Iterable[str], spec: TinyModel, see
         pad_token_id=tokenizer.pad_token_id,
     )
     return _save(out_dir, _init(AutoModelForImageTextToText, config, seed), processor, tokenizer)
+
+
+def _smolvlm_processor(tokenizer, spec: TinyModel):
+    """The Idefics3 processor of a SmolVLM-architecture model: one untiled view per image, SmolVLM's chat template."""
+    from transformers import Idefics3ImageProcessor, Idefics3Processor
+
+    image_processor = Idefics3ImageProcessor(
+        do_image_splitting=False,
+        size={"longest_edge": spec.image_size},
+        max_image_size={"longest_edge": spec.image_size},
+    )
+    image_seq_len = (spec.image_size // spec.patch_size) ** 2 // spec.scale_factor**2
+    return Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=_SMOLVLM_TEMPLATE
+    )
 
 
 def _siglip(spec: TinyModel, **extra) -> dict:
@@ -400,21 +407,14 @@ def build_smolvlm_on(language_model: Path, out_dir: Path, spec: TinyModel, seed:
     the causal LM saved at `language_model` (SmolVLM-256M's is SmolLM2-135M), with a small random vision tower and
     connector sized by `spec`. The tokenizer gains SmolVLM's image and end-of-utterance tokens (their embeddings
     start random); the chat template is SmolVLM's. For testing real weights on the vision path without a hub."""
-    from transformers import (
-        AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, Idefics3Config, Idefics3ImageProcessor,
-        Idefics3Processor,
-    )
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, Idefics3Config
 
     text = AutoModelForCausalLM.from_pretrained(language_model)
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"],
                          special_tokens=True)
     tokenizer.eos_token = "<end_of_utterance>"
-    image_processor = Idefics3ImageProcessor(
-        do_image_splitting=False, size={"longest_edge": spec.image_size}, max_image_size={"longest_edge": spec.image_size})
-    image_seq_len = (spec.image_size // spec.patch_size) ** 2 // spec.scale_factor**2
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
-                                  chat_template=_SMOLVLM_TEMPLATE)
+    processor = _smolvlm_processor(tokenizer, spec)
     text_config = {**text.config.to_dict(), "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
     config = Idefics3Config(
         vision_config=_siglip(spec), text_config=text_config, scale_factor=spec.scale_factor,
