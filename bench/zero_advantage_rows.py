@@ -51,7 +51,7 @@ def main() -> None:
     policy = load_policy(str(work / "model"))
     optimizer, scheduler = build_optimizer(policy.model, recipe, 100)
     with VerifierPool(load_verifiers(["chart"], "Answer:")) as pool:
-        engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, Accelerator(cpu=True))
+        engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, Accelerator(cpu=True), recipe.train.max_steps)
         # One step's rollouts, verdicts and gate. Rewards are accuracy only: with an untrained model almost every
         # group is all-wrong, the case DyME memorizes.
         batch = StepBatch(1, [PromptGroup(s, encode_prompt(policy, s)) for s in samples])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from .commands import eval as eval_cmd, export, inspect, prepare, train, verifiers
+from .commands import compare, eval as eval_cmd, export, inspect, prepare, train, verifiers
 from .errors import UserError
 from .ui import fail
 
@@ -31,6 +31,7 @@ app = typer.Typer(
 app.add_typer(prepare.app, name="prepare")
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_command)
+app.command("compare")(compare.compare_command)
 app.command("export")(export.export_command)
 app.command("inspect-traces")(inspect.inspect_traces)
 app.add_typer(verifiers.app, name="verifiers")

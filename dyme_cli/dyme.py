@@ -4,7 +4,10 @@ For each prompt with K verified rollouts:
   no rollout correct   -> MEMORIZE: learn the reference target as one row with advantage 1;
   some correct         -> EXPLORE:  GRPO advantages A_i = (r_i - mean(r)) / (std(r) + eps);
   all correct          -> SKIP (nothing to learn), or EXPLORE when `all_correct = "explore"`.
-`algorithm = "sft"` memorizes every prompt; `algorithm = "grpo"` never memorizes.
+`algorithm = "sft"` memorizes every prompt; `algorithm = "grpo"` never memorizes. The paper's other switching
+strategies, for comparison: `threshold` memorizes a prompt while fewer than a fraction t of its rollouts are correct
+(explores otherwise); `anneal` (SFT annealing) memorizes each prompt with a probability that falls linearly from 1
+at the first step to 0 at the last, whatever its rollouts, and explores otherwise.
 """
 
 from __future__ import annotations
@@ -30,16 +33,42 @@ class GroupDecision:
     advantages: list[float]  # one per rollout; all zero unless the group explores
 
 
-def gate(correct: Sequence[bool], algorithm: str, all_correct: str) -> Mode:
-    """Which mode a prompt's group takes, from the correctness of its rollouts."""
-    if algorithm == "sft":
-        return Mode.MEMORIZE
+@dataclass(frozen=True)
+class Switch:
+    """What decides memorization besides the rollouts: `threshold` for `algorithm = "threshold"`, and for
+    `anneal` the step's probability of memorizing with one uniform draw in [0, 1) per prompt."""
+
+    threshold: float = 0.5
+    memorize_probability: float = 0.0
+    draws: Sequence[float] = ()
+
+
+def gate(correct: Sequence[bool], algorithm: str, all_correct: str, switch: Switch = Switch(), draw: float = 1.0
+         ) -> Mode:
+    """Which mode a prompt's group takes, from the correctness of its rollouts (and, for `anneal`, its draw)."""
     n_correct = sum(correct)
-    if n_correct == 0 and algorithm == "dyme":
+    if memorizes(algorithm, n_correct / len(correct) if correct else 0.0, switch, draw):
         return Mode.MEMORIZE
     if n_correct == len(correct) and all_correct == "skip":
         return Mode.SKIP
     return Mode.EXPLORE
+
+
+def memorizes(algorithm: str, fraction_correct: float, switch: Switch, draw: float) -> bool:
+    if algorithm == "sft":
+        return True
+    if algorithm == "dyme":
+        return fraction_correct == 0.0
+    if algorithm == "threshold":
+        return fraction_correct < switch.threshold
+    if algorithm == "anneal":
+        return draw < switch.memorize_probability
+    return False  # grpo
+
+
+def anneal_probability(step: int, total: int) -> float:
+    """SFT annealing's chance of memorizing a prompt at `step` (1-based): 1 at the first step, 0 at the last."""
+    return 1.0 - (step - 1) / max(1, total - 1)
 
 
 def total_reward(components: dict[str, float], weights: dict[str, float]) -> float:
@@ -76,13 +105,15 @@ def decide(
     all_correct: str = "skip",
     scale_rewards: str = "group",
     eps: float = 1e-4,
+    switch: Switch = Switch(),
 ) -> list[GroupDecision]:
     """Gate every group of the step and give each rollout its advantage."""
     flat = [r for group in rewards for r in group]
     batch_std = std(flat)
+    draws = switch.draws or [1.0] * len(correct)
     decisions = []
-    for group_correct, group_rewards in zip(correct, rewards):
-        mode = gate(group_correct, algorithm, all_correct)
+    for group_correct, group_rewards, draw in zip(correct, rewards, draws):
+        mode = gate(group_correct, algorithm, all_correct, switch, draw)
         if mode is Mode.EXPLORE:
             advantages = group_advantages(group_rewards, scale_rewards, eps, batch_std)
         else:

@@ -107,7 +107,9 @@ class RolloutSection(_Section):
 
 
 class TrainSection(_Section):
-    algorithm: Literal["dyme", "sft", "grpo"] = "dyme"
+    algorithm: Literal["dyme", "sft", "grpo", "threshold", "anneal"] = "dyme"
+    memorize_below: float = Field(
+        0.5, ge=0, le=1, description="algorithm = threshold: memorize while fewer than this fraction of rollouts are correct")
     max_steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(32, ge=1)
     all_correct: Literal["skip", "explore"] = "skip"
@@ -152,6 +154,8 @@ class RunSection(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     eval_before: bool = False
     eval_after: bool = False
+    eval_every: Optional[int] = Field(
+        None, ge=1, description="held-out accuracy on [data].test every N steps, logged as eval_accuracy")
     eval_limit: Optional[int] = Field(None, ge=1)
     eval_batch_size: int = Field(64, ge=1)
 

@@ -28,6 +28,7 @@ from .errors import UserError
 RECIPE_FILE = "recipe.toml"
 METRICS_FILE = "metrics.jsonl"
 TRACES_FILE = "traces.jsonl"
+EVAL_TRACES_FILE = "eval_traces.jsonl"  # every held-out evaluation's completions, tagged with the step
 GENERATION_FILE = "generation.json"
 BASE_MODEL_DIR = "base-model"
 CHECKPOINTS_DIR = "checkpoints"
@@ -83,6 +84,10 @@ class RunDir:
         return self.path / TRACES_FILE
 
     @property
+    def eval_traces_file(self) -> Path:
+        return self.path / EVAL_TRACES_FILE
+
+    @property
     def base_model_dir(self) -> Path:
         return self.path / BASE_MODEL_DIR
 
@@ -134,7 +139,7 @@ class RunDir:
 
     def truncate_logs(self, last_step: int) -> None:
         """Drop log records of steps after `last_step`, the checkpoint a run resumes from (they are produced again)."""
-        for path in (self.metrics_file, self.traces_file):
+        for path in (self.metrics_file, self.traces_file, self.eval_traces_file):
             if path.is_file():
                 lines = path.read_text(encoding="utf-8").splitlines()
                 kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]

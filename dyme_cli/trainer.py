@@ -26,7 +26,7 @@ from .batch import PromptGroup, StepBatch, Target
 from .data import Sample, read_samples, target_text, user_text
 from .dyme import Mode
 from .errors import first_line
-from .evaluate import EvalReport, evaluate
+from .evaluate import EvalReport, evaluate, trace_writer
 from .losses import StepTotals, policy_loss
 from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_model_path, save_policy
 from .plugins import load_verifiers
@@ -67,6 +67,7 @@ class Engine:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     accelerator: Accelerator
+    total_steps: int
     reference: torch.nn.Module | None = None
     run_name: str = ""
     prompt_cache: dict[str, dict] = field(default_factory=dict)
@@ -165,11 +166,23 @@ def gate(engine: Engine, batch: StepBatch) -> None:
     decisions = dyme.decide(
         [g.correct for g in batch.groups], [g.rewards for g in batch.groups], algorithm=cfg.algorithm,
         all_correct=cfg.all_correct, scale_rewards=cfg.scale_rewards, eps=cfg.std_eps,
+        switch=switch(engine, batch.step, len(batch.groups)),
     )
     for group, decision in zip(batch.groups, decisions):
         group.decision = decision
         if decision.mode is Mode.MEMORIZE:
             group.target = memorization_target(engine.policy, group.sample, engine.recipe.verifier.answer_flag)
+
+
+def switch(engine: Engine, step: int, n_prompts: int) -> dyme.Switch:
+    """The baselines' switching inputs: the threshold, and for SFT annealing the step's memorization probability
+    with one draw per prompt (a pure function of seed and step, so a resumed run draws the same)."""
+    cfg = engine.recipe.train
+    if cfg.algorithm != "anneal":
+        return dyme.Switch(threshold=cfg.memorize_below)
+    rng = random.Random(f"anneal:{engine.recipe.run.seed}:{step}")
+    return dyme.Switch(memorize_probability=dyme.anneal_probability(step, engine.total_steps),
+                       draws=[rng.random() for _ in range(n_prompts)])
 
 
 def memorization_target(policy: Policy, sample: Sample, answer_flag: str) -> Target:
@@ -448,7 +461,7 @@ def train(
     policy.model.train()
     reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
     pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
-    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, reference, run.name)
+    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name)
     with pool:
         return run_steps(engine, run, checkpoints, test_samples, total, on_step, on_message)
 
@@ -464,12 +477,17 @@ def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples
 
     result = TrainResult(run.path, start, checkpoints[-1] if checkpoints else None)
     if recipe.run.eval_before and test_samples and start == 0:
-        result.before = run_eval(engine, test_samples)
+        result.before = run_eval(engine, test_samples, run, 0)
 
     failure_reports = 0
     with StopRequest() as stop:
         for step in range(start + 1, total + 1):
             outcome = dyme_step(engine, step)
+            if evaluates_at(recipe, step, total) and test_samples:
+                report = run_eval(engine, test_samples, run, step)
+                outcome.metrics.update(eval_metrics(report))
+                if step == total:
+                    result.after = report
             run.append_metrics(outcome.metrics)
             run.append_traces(outcome.traces)
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
@@ -482,10 +500,18 @@ def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples
                 if result.checkpoint != run.checkpoint(step):
                     result.checkpoint = save_checkpoint(engine, run, step)
                 raise TrainingInterrupted(step, result.checkpoint)
-
-    if recipe.run.eval_after and test_samples:
-        result.after = run_eval(engine, test_samples)
     return result
+
+
+def evaluates_at(recipe: Recipe, step: int, total: int) -> bool:
+    """Held-out evaluation after this step: every `[run].eval_every` steps, and after the last with `eval_after`."""
+    every = recipe.run.eval_every
+    return (step == total and recipe.run.eval_after) or (every is not None and step % every == 0)
+
+
+def eval_metrics(report: EvalReport) -> dict:
+    summary = report.overall.summary()
+    return {"eval_accuracy": summary["accuracy"], "eval_format_rate": summary["format_rate"]}
 
 
 def report_verifier_failures(step: int, failures: list[str], reported: int, on_message: Callable[[str], None]) -> int:
@@ -516,8 +542,10 @@ def load_reference(path: str, recipe: Recipe, accelerator: Accelerator) -> torch
     return accelerator.prepare_model(model, evaluation_mode=True)
 
 
-def run_eval(engine: Engine, samples: list[Sample]) -> EvalReport:
+def run_eval(engine: Engine, samples: list[Sample], run: RunDir, step: int) -> EvalReport:
+    """Greedy held-out accuracy; every completion goes to the run's eval traces, tagged with the step."""
     cfg = engine.recipe.run
     chosen = samples[: cfg.eval_limit] if cfg.eval_limit else samples
     return evaluate(engine.policy, chosen, engine.verifiers, max_new_tokens=engine.recipe.rollout.max_new_tokens,
-                    prompt_template=engine.recipe.prompt_template, batch_size=cfg.eval_batch_size)
+                    prompt_template=engine.recipe.prompt_template, batch_size=cfg.eval_batch_size,
+                    on_group=trace_writer(run.eval_traces_file, run.name, step, engine.recipe.train.reward_weights))

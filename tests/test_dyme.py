@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dyme_cli.dyme import Mode, decide, gate, group_advantages, total_reward, zero_std_cause
+from dyme_cli.dyme import Mode, Switch, anneal_probability, decide, gate, group_advantages, total_reward, zero_std_cause
 
 EPS = 1e-4
 
@@ -71,6 +71,32 @@ def test_baseline_algorithms():
     assert gate([False, False], "grpo", "skip") is Mode.EXPLORE  # GRPO never memorizes
     assert gate([True, True], "grpo", "skip") is Mode.SKIP
     assert gate([False, False], "dyme", "skip") is Mode.MEMORIZE
+
+
+def test_threshold_switch_memorizes_below_the_fraction_correct():
+    half = Switch(threshold=0.5)
+    assert gate([True, False, False, False], "threshold", "skip", half) is Mode.MEMORIZE  # 1/4 < 0.5
+    assert gate([True, True, False, False], "threshold", "skip", half) is Mode.EXPLORE  # 2/4 is not below 0.5
+    assert gate([True, True], "threshold", "skip", half) is Mode.SKIP
+    assert gate([True, False, False], "threshold", "skip", Switch(threshold=0.34)) is Mode.MEMORIZE  # 1/3 < 0.34
+    # threshold 0 never memorizes: GRPO; DyME's rule is "none correct", whatever the threshold
+    assert gate([False, False], "threshold", "skip", Switch(threshold=0.0)) is Mode.EXPLORE
+    assert gate([True, False, False, False], "dyme", "skip", half) is Mode.EXPLORE
+
+
+def test_sft_annealing_memorizes_by_its_draw_whatever_the_rollouts():
+    switch = Switch(memorize_probability=0.3)
+    assert gate([True, True], "anneal", "skip", switch, draw=0.29) is Mode.MEMORIZE
+    assert gate([True, True], "anneal", "skip", switch, draw=0.3) is Mode.SKIP
+    assert gate([False, False], "anneal", "skip", switch, draw=0.9) is Mode.EXPLORE  # GRPO on the rest
+    modes = [d.mode for d in decide([[False, True]] * 3, [[0.0, 1.0]] * 3, algorithm="anneal",
+                                    switch=Switch(memorize_probability=0.5, draws=[0.1, 0.7, 0.49]))]
+    assert modes == [Mode.MEMORIZE, Mode.EXPLORE, Mode.MEMORIZE]
+
+
+def test_anneal_probability_falls_linearly_from_one_at_the_first_step_to_zero_at_the_last():
+    assert [anneal_probability(step, 5) for step in range(1, 6)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert anneal_probability(1, 1) == 1.0
 
 
 def test_total_reward_weights_components():

@@ -19,6 +19,7 @@ LAYERS = [
     ["traces"],
     ["evaluate", "pseudo_thinking", "plan", "prepare"],
     ["inspect_run", "report_html", "trainer"],
+    ["compare"],
     ["ui"],
     ["commands"],
     ["cli"],

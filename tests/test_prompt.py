@@ -59,7 +59,7 @@ def test_training_encodes_prompts_with_the_recipes_template(tiny_model_dir, char
     recipe = small_recipe(chart_data, tmp_path)
     optimizer, scheduler = build_optimizer(policy.model, recipe, 4)
     engine = Engine(recipe, policy, read_samples(chart_data / "train.jsonl"), None, optimizer, scheduler,
-                    Accelerator(cpu=True))
+                    Accelerator(cpu=True), 4)
     sample = engine.samples[0]
     decoded = policy.tokenizer.decode(cached_prompt(engine, sample)["input_ids"][0])
     assert PAPER.strip() in decoded and decoded.endswith("Assistant:")

@@ -32,7 +32,7 @@ def test_defaults_follow_the_paper():
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"train": {"algorithm": "ppo"}}, "[train].algorithm: Input should be 'dyme', 'sft' or 'grpo'"),
+        ({"train": {"algorithm": "ppo"}}, "[train].algorithm: Input should be 'dyme', 'sft', 'grpo', 'threshold' or 'anneal'"),
         ({"rollout": {"num_generations": 1}}, "[rollout].num_generations: Input should be greater than or equal to 2"),
         ({"model": {"name_or_path": "x", "tiny": {"image_size": 30}}}, "[model].tiny: image_size must be a multiple"),
         ({"extra": {}}, "[extra]: unknown key"),

@@ -41,7 +41,7 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
 
     recipe = small_recipe(chart_data, tmp_path)
     optimizer, scheduler = build_optimizer(policy.model, recipe, 4)
-    engine = Engine(recipe, policy, samples, {}, optimizer, scheduler, Accelerator(cpu=True))
+    engine = Engine(recipe, policy, samples, {}, optimizer, scheduler, Accelerator(cpu=True), recipe.train.max_steps)
     seen = []
     hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
     before = [p.detach().clone() for p in policy.model.parameters()]

@@ -1,0 +1,162 @@
+"""DyME against SFT, GRPO, SFT→GRPO and the paper's other switching strategies, in the paper's regime at CPU scale.
+
+The paper's claim is about a *pretrained* small model that already answers part of the questions, post-trained
+with imperfect reasoning traces. This builds that regime offline, then runs `dyme compare` on it:
+
+  1. data (synthetic charts, 3 bars, values 1-5): a post-training set whose reference traces have the quality
+     --quality (medium: wrong values for bars the answer does not use), a validation set for the learning-rate
+     choice and a test set, each from its own generator seed;
+  2. a weak base: the tiny SmolVLM-architecture model (0.4M parameters), trained for --pretrain-steps on
+     answers alone ("Answer: 3", no reasoning) for the question kinds --pretrain-kinds only. It answers some
+     held-out questions without reasoning and none of the other kinds;
+  3. `dyme compare`: every method from that base, same data, steps, prompts per step, K and optimizer; each
+     method's learning rate chosen among --lrs on the validation set (seed 1000); then --seeds on the test set.
+     It prints held-out accuracy, format rate and pseudo-thinking flag rates (mean ± sd over the seeds), mode
+     shares and training time, and writes compare.json and accuracy.png under OUT/compare.
+
+    python bench/methods.py [--out runs/bench-methods] [--seeds 0,1,2] [--steps 300] [--lrs 1e-3,3e-3]
+                            [--quality medium] [--methods dyme,sft,grpo,sft-grpo,threshold,anneal]
+
+Finished runs are read back, so an interrupted benchmark continues where it stopped when rerun with the same
+arguments. The generator seeds below are this benchmark's own; nothing was tuned on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dyme_cli.compare import METHODS  # noqa: E402
+from dyme_cli.data import QUESTION, read_samples, target_text, user_text, write_samples  # noqa: E402
+from dyme_cli.prepare.synthetic_chart import generate  # noqa: E402
+from dyme_cli.recipe import TinyModel, tomllib  # noqa: E402
+from dyme_cli.tiny_models import build_tiny  # noqa: E402
+
+POST_SEED, VAL_SEED, PRETRAIN_SEED = 101, 202, 303  # generator seeds: post-training + test, validation, pretraining
+CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
+TINY = """[model.tiny]
+image_size = 24
+patch_size = 8
+scale_factor = 1
+hidden_size = 96
+num_layers = 3
+intermediate_size = 192
+"""
+
+
+def recipe_toml(*, model: str, train: Path, test: Path, out: Path, algorithm: str, steps: int, lr: float,
+                eval_every: int | None = None) -> str:
+    """The demo's model, rollout and optimizer settings (recipes/demo.toml) with the given data and budget."""
+    return f"""[run]
+output_dir = "{out}"
+seed = 0
+save_every = {steps}
+eval_after = true
+eval_batch_size = 100
+{f"eval_every = {eval_every}" if eval_every else ""}
+
+[model]
+name_or_path = "{model}"
+freeze_vision = false
+{TINY if model.startswith("tiny:") else ""}
+[data]
+train = "{train}"
+test = "{test}"
+prompt_template = "{{question}}"
+
+[rollout]
+num_generations = 2
+temperature = 1.0
+max_new_tokens = 48
+prompts_per_generate = 32
+
+[train]
+algorithm = "{algorithm}"
+max_steps = {steps}
+prompts_per_step = 32
+reward_weights = {{ accuracy = 1.0, format = 0.5, thinking = 1.0 }}
+
+[optim]
+lr = {lr}
+weight_decay = 0.0
+warmup_steps = 10
+schedule = "cosine"
+micro_batch_size = 32
+"""
+
+
+def dyme(*args: str, quiet: bool = False) -> None:
+    subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True,
+                   stdout=subprocess.DEVNULL if quiet else None)
+
+
+def make_data(out: Path, args) -> tuple[Path, Path, Path, Path]:
+    """(post-training set, validation set, test set, answer-only pretraining set)."""
+    post, val, pre = out / "data" / "post", out / "data" / "val", out / "data" / "pretrain"
+    if not (pre / "answer_only.jsonl").is_file():
+        generate(post, n_train=args.n_train, n_test=args.n_test, seed=POST_SEED, quality=args.quality, **CHARTS)
+        generate(val, n_train=0, n_test=args.n_val, seed=VAL_SEED, **CHARTS)  # a test split: high-quality references
+        kinds = tuple(args.pretrain_kinds.split(","))
+        generate(pre, n_train=args.n_train, n_test=0, seed=PRETRAIN_SEED, kinds=kinds, **CHARTS)
+        answers_only = read_samples(pre / "train.jsonl")
+        for sample in answers_only:
+            sample.reference = ""
+        write_samples(pre / "answer_only.jsonl", answers_only)
+    return post / "train.jsonl", val / "test.jsonl", post / "test.jsonl", pre / "answer_only.jsonl"
+
+
+def weak_base(out: Path, train: Path, test: Path, pretrain: Path, args) -> Path:
+    """The weak base's checkpoint. The tiny model is built with a tokenizer trained on the post-training texts
+    (it must spell the reference traces), then learns answers alone on some question kinds (`dyme train`)."""
+    final = out / "base" / "checkpoints" / f"step-{args.pretrain_steps:06d}"
+    if final.is_dir():
+        return final
+    built = out / "base-init"
+    if not (built / "config.json").is_file():
+        texts = [user_text(s, QUESTION) + " " + target_text(s, "Answer:") for s in read_samples(train)]
+        build_tiny("smolvlm", built, ["User: Assistant:", *texts], TinyModel(**tomllib.loads(TINY)["model"]["tiny"]))
+    (out / "base.toml").write_text(recipe_toml(model=str(built), train=pretrain, test=test, out=out / "base",
+                                               algorithm="sft", steps=args.pretrain_steps, lr=3e-3))
+    print(f"weak base: {args.pretrain_steps} steps of answer-only SFT on {args.pretrain_kinds} questions", flush=True)
+    dyme("train", str(out / "base.toml"), quiet=True)
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per method (32 prompts each)")
+    parser.add_argument("--lrs", default="1e-3,3e-3", help="learning rates each method chooses from on validation")
+    parser.add_argument("--quality", default="medium", choices=("high", "medium", "low"),
+                        help="quality of the post-training reference traces")
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--pretrain-kinds", default="value,largest,smallest")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-val", type=int, default=200)
+    parser.add_argument("--n-test", type=int, default=200)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, test, pretrain = make_data(out, args)
+    base = weak_base(out, train, test, pretrain, args)
+    (out / "compare.toml").write_text(recipe_toml(model=str(base), train=train, test=test, out=out / "unused",
+                                                  algorithm="dyme", steps=args.steps, lr=float(args.lrs.split(",")[0]),
+                                                  eval_every=max(1, args.steps // 6)))
+    dyme("compare", str(out / "compare.toml"), "--methods", args.methods, "--seeds", args.seeds, "--lrs", args.lrs,
+         "--val", str(val), "--out", str(out / "compare"))
+    print(f"setting: {args.quality}-quality traces; weak base = {args.pretrain_steps} answer-only SFT steps on "
+          f"{args.pretrain_kinds}; {args.steps} steps x 32 prompts, K = 2; total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
