@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--lrs", default="1e-3,3e-3", help="learning rates each method chooses from on validation")
     parser.add_argument("--quality", default="medium", choices=("high", "medium", "low"),
                         help="quality of the post-training reference traces")
-    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-kinds", default="value,largest,smallest")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-val", type=int, default=200)

@@ -225,7 +225,7 @@ class Plan:
         if finished and read_metrics(run) and "eval_accuracy" in read_metrics(run)[-1]:
             self.on_message(f"{run.path}: finished earlier, read back")
             return checkpoints[-1]
-        return train(recipe, resume=True, on_message=self.on_message).checkpoint
+        return train(recipe, resume=bool(checkpoints), on_message=self.on_message).checkpoint
 
 
 def read_metrics(run: RunDir) -> list[dict]:

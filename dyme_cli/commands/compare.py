@@ -47,7 +47,8 @@ def compare_command(
             sft_fraction=sft_fraction, on_run=lambda label: progress.update(task, description=escape(label)),
             on_message=lambda m: progress.console.print(escape(m)),
         )
-    console.print(_table(comparison))
+    for table in _tables(comparison):
+        console.print(table)
     console.print(f"results: {out / RESULT_FILE}; held-out accuracy over steps: {out / PLOT_FILE}")
 
 
@@ -58,22 +59,25 @@ def _items(text: str, kind, option: str) -> list:
         raise BadArgument(f"{option} '{text}': expected a comma-separated list of {kind.__name__} values") from None
 
 
-def _pm(value: tuple[float, float], percent: bool = True) -> str:
-    m, s = value
-    return f"{100 * m:.1f} ± {100 * s:.1f}" if percent else f"{m:.1f} ± {s:.1f}"
+def _pm(value: tuple[float, float]) -> str:
+    return f"{100 * value[0]:.1f} ± {100 * value[1]:.1f}"
 
 
-def _table(comparison) -> Table:
+def _tables(comparison) -> list[Table]:
+    """Accuracy and costs, then the pseudo-thinking flags of the held-out completions; mean ± sd over seeds."""
     seeds = len(comparison.base)
     base = sum(comparison.base) / seeds
-    table = Table(title=f"held-out accuracy and pseudo thinking, mean ± sd over {seeds} seed(s); the start: {100 * base:.1f}%")
-    for column in ("method", "lr", "accuracy %", "format %", "ungrounded %", "right-for-wrong %",
-                   "mismatch %", "mem / exp / skip", "train s"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for s in comparison.summaries():
-        table.add_row(
-            s.method, f"{s.lr:g}", _pm(s.accuracy), _pm(s.format_rate), _pm(s.flags["ungrounded-value"]),
-            _pm(s.flags["right-for-wrong-reasons"]), _pm(s.flags["conclusion-mismatch"]),
-            " / ".join(f"{s.modes[m]:.2f}" for m in ("memorize", "explore", "skip")), f"{s.train_s:.0f}",
-        )
-    return table
+    summaries = comparison.summaries()
+    scores = Table(title=f"held-out accuracy (%), mean ± sd over {seeds} seed(s); the starting model: {100 * base:.1f}")
+    for column in ("method", "lr", "accuracy", "format", "memorize/explore/skip", "train s"):
+        scores.add_column(column, justify="left" if column == "method" else "right")
+    for s in summaries:
+        scores.add_row(s.method, f"{s.lr:g}", _pm(s.accuracy), _pm(s.format_rate),
+                       " / ".join(f"{s.modes[m]:.2f}" for m in ("memorize", "explore", "skip")), f"{s.train_s:.0f}")
+    flags = Table(title="pseudo thinking in the held-out completions (% flagged), mean ± sd")
+    for column in ("method", "ungrounded-value", "right-for-wrong-reasons", "conclusion-mismatch"):
+        flags.add_column(column, justify="left" if column == "method" else "right")
+    for s in summaries:
+        flags.add_row(s.method, *(_pm(s.flags[name]) for name in ("ungrounded-value", "right-for-wrong-reasons",
+                                                                  "conclusion-mismatch")))
+    return [scores, flags]
