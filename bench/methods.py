@@ -71,7 +71,7 @@ test = "{test}"
 prompt_template = "{{question}}"
 
 [rollout]
-num_generations = 2
+num_generations = 4
 temperature = 1.0
 max_new_tokens = 48
 prompts_per_generate = 32
@@ -134,7 +134,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per method (32 prompts each)")
-    parser.add_argument("--lrs", default="1e-3,3e-3", help="learning rates each method chooses from on validation")
+    parser.add_argument("--lrs", default="1e-3,3e-3", help="learning rates each method chooses from on validation, "
+                        "and/or METHOD=LR pairs (dyme compare --lrs)")
     parser.add_argument("--quality", default="medium", choices=("high", "medium", "low"),
                         help="quality of the post-training reference traces")
     parser.add_argument("--pretrain-steps", type=int, default=1500)
@@ -150,7 +151,7 @@ def main() -> None:
     train, val, test, pretrain = make_data(out, args)
     base = weak_base(out, train, test, pretrain, args)
     (out / "compare.toml").write_text(recipe_toml(model=str(base), train=train, test=test, out=out / "unused",
-                                                  algorithm="dyme", steps=args.steps, lr=float(args.lrs.split(",")[0]),
+                                                  algorithm="dyme", steps=args.steps, lr=1e-3,  # --lrs decides
                                                   eval_every=max(1, args.steps // 6)))
     dyme("compare", str(out / "compare.toml"), "--methods", args.methods, "--seeds", args.seeds, "--lrs", args.lrs,
          "--val", str(val), "--out", str(out / "compare"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .dyme import mean, std
 from .errors import BadArgument
@@ -122,6 +122,7 @@ def compare(
     methods: Sequence[str],
     seeds: Sequence[int],
     lrs: Sequence[float] = (),
+    method_lrs: Mapping[str, float] | None = None,
     val: Path | None = None,
     out: Path,
     selection_seed: int = 1000,
@@ -129,9 +130,13 @@ def compare(
     on_run: Callable[[str], None] = lambda label: None,
     on_message: Callable[[str], None] = lambda message: None,
 ) -> Comparison:
-    """Select each method's lr on `val` (when several are given), then train every method for every seed and
-    score it on the recipe's test split. Writes compare.json and accuracy.png under `out`."""
+    """Select each method's lr among `lrs` on `val` (when several are given; a method in `method_lrs` keeps the
+    lr given there, e.g. one chosen by an earlier comparison), then train every method for every seed and score it
+    on the recipe's test split. Writes compare.json and accuracy.png under `out`."""
     methods = check_methods(methods)
+    method_lrs = dict(method_lrs or {})
+    if method_lrs:
+        check_methods(list(method_lrs))
     if recipe.data.test is None:
         raise BadArgument("the recipe has no [data].test: the comparison scores every method on it")
     if not seeds:
@@ -147,8 +152,8 @@ def compare(
 
     selection: dict[str, dict[float, float | None]] = {}
     for method in methods:
-        if len(candidates) == 1:
-            selection[method] = {candidates[0]: None}  # nothing to choose: no selection run
+        if method in method_lrs or len(candidates) == 1:
+            selection[method] = {method_lrs.get(method, candidates[0]): None}  # nothing to choose: no selection run
             continue
         selection[method] = {lr: plan.run(method, lr, selection_seed, test=Path(val), group="select").accuracy
                              for lr in candidates}

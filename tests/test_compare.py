@@ -99,6 +99,7 @@ def test_compare_selects_on_validation_runs_phases_and_reads_finished_runs_back(
     (["--methods", "dyme,ppo"], "unknown method(s) ppo"),
     (["--lrs", "1e-3,3e-3"], "needs a validation split"),
     (["--lrs", "1e-3,x"], "--lrs '1e-3,x'"),
+    (["--lrs", "dyme=1e-3,ppo=1e-3"], "unknown method(s) ppo"),
     (["--seeds", "0,1000", "--lrs", "1e-3,3e-3", "--val", "v.jsonl"], "selection seed 1000 is also a test seed"),
 ])
 def test_compare_refuses_bad_choices_in_one_line(tmp_path, chart_data, args, message):
@@ -107,3 +108,12 @@ def test_compare_refuses_bad_choices_in_one_line(tmp_path, chart_data, args, mes
                       f'test = "{chart_data}/test.jsonl"\n')
     result = runner.invoke(app, ["compare", str(recipe), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_fixed_learning_rate_skips_the_selection_for_that_method(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "unused", max_steps=1)
+    out = tmp_path / "cmp"
+    result = compare(recipe, methods=["sft"], seeds=[0], lrs=[1e-3, 2e-3], method_lrs={"sft": 5e-4},
+                     val=chart_data / "test.jsonl", out=out)
+    assert result.selection == {"sft": {5e-4: None}} and result.lr("sft") == 5e-4
+    assert not (out / "select").exists() and (out / "test" / "sft-lr0.0005-seed0").is_dir()

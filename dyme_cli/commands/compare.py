@@ -21,8 +21,8 @@ def compare_command(
     methods: str = typer.Option(ALL_METHODS, "--methods", help="Comma-separated methods to train."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; every method runs once per seed."),
     lrs: Optional[str] = typer.Option(
-        None, "--lrs", help="Comma-separated learning rates to choose from per method, on --val "
-        "(default: the recipe's [optim].lr for every method)."),
+        None, "--lrs", help="Comma-separated learning rates each method chooses from on --val, and/or METHOD=LR "
+        "pairs that fix a method's lr (default: the recipe's [optim].lr for every method)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation JSONL the learning rate is chosen on."),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for the runs, compare.json and accuracy.png."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override [train].max_steps."),
@@ -36,6 +36,7 @@ def compare_command(
     from ..recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
+    candidates, method_lrs = _learning_rates(lrs or "")
     if max_steps:
         recipe.train.max_steps = max_steps
     quiet_transformers()
@@ -43,7 +44,7 @@ def compare_command(
         task = progress.add_task("starting", total=None, stats="")
         comparison = compare(
             recipe, methods=_items(methods, str, "--methods"), seeds=_items(seeds, int, "--seeds"),
-            lrs=_items(lrs, float, "--lrs") if lrs else (), val=val, out=out, selection_seed=selection_seed,
+            lrs=candidates, method_lrs=method_lrs, val=val, out=out, selection_seed=selection_seed,
             sft_fraction=sft_fraction, on_run=lambda label: progress.update(task, description=escape(label)),
             on_message=lambda m: progress.console.print(escape(m)),
         )
@@ -57,6 +58,21 @@ def _items(text: str, kind, option: str) -> list:
         return [kind(item.strip()) for item in text.split(",") if item.strip()]
     except ValueError:
         raise BadArgument(f"{option} '{text}': expected a comma-separated list of {kind.__name__} values") from None
+
+
+def _learning_rates(text: str) -> tuple[list[float], dict[str, float]]:
+    """`--lrs`: bare values are candidates for every method, METHOD=LR pairs fix one method's lr."""
+    candidates, fixed = [], {}
+    for method, eq, value in (item.partition("=") for item in _items(text, str, "--lrs")):
+        try:
+            lr = float(value if eq else method)
+        except ValueError:
+            raise BadArgument(f"--lrs '{text}': expected learning rates and METHOD=LR pairs, separated by commas") from None
+        if eq:
+            fixed[method.strip()] = lr
+        else:
+            candidates.append(lr)
+    return candidates, fixed
 
 
 def _pm(value: tuple[float, float]) -> str:
