@@ -40,6 +40,7 @@ from dyme_cli.tiny_models import build_tiny  # noqa: E402
 
 POST_SEED, VAL_SEED, PRETRAIN_SEED = 101, 202, 303  # generator seeds: post-training + test, validation, pretraining
 CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
+K = 4  # rollouts per prompt: with K = 2 the paper's threshold (t = 0.5) would be DyME's own rule
 TINY = """[model.tiny]
 image_size = 24
 patch_size = 8
@@ -71,7 +72,7 @@ test = "{test}"
 prompt_template = "{{question}}"
 
 [rollout]
-num_generations = 4
+num_generations = {K}
 temperature = 1.0
 max_new_tokens = 48
 prompts_per_generate = 32
@@ -92,6 +93,7 @@ micro_batch_size = 32
 
 
 def dyme(*args: str, quiet: bool = False) -> None:
+    print("$ dyme " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True,
                    stdout=subprocess.DEVNULL if quiet else None)
 
@@ -156,7 +158,7 @@ def main() -> None:
     dyme("compare", str(out / "compare.toml"), "--methods", args.methods, "--seeds", args.seeds, "--lrs", args.lrs,
          "--val", str(val), "--out", str(out / "compare"))
     print(f"setting: {args.quality}-quality traces; weak base = {args.pretrain_steps} answer-only SFT steps on "
-          f"{args.pretrain_kinds}; {args.steps} steps x 32 prompts, K = 2; total {time.perf_counter() - start:.0f} s")
+          f"{args.pretrain_kinds}; {args.steps} steps x 32 prompts, K = {K}; total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,17 @@ def test_eval_every_logs_held_out_accuracy_and_keeps_every_evaluations_completio
     assert sum(t["correct"] for t in last) / 8 == result.after.overall.summary()["accuracy"]
 
 
+def test_held_out_evaluations_leave_the_training_trajectory_unchanged(tmp_path, chart_data):
+    losses = {}
+    for every in (None, 1):
+        recipe = small_recipe(chart_data, tmp_path / f"run-{every}", max_steps=3)
+        recipe.run.eval_every = every
+        train(recipe)
+        lines = (tmp_path / f"run-{every}" / "metrics.jsonl").read_text().splitlines()
+        losses[every] = [(m["loss"], m["accuracy"]) for m in map(json.loads, lines)]
+    assert losses[None] == losses[1]
+
+
 def test_the_best_validation_accuracy_wins_and_a_tie_goes_to_the_smaller_lr():
     assert chosen_lr({1e-3: 0.4, 3e-3: 0.6, 1e-2: 0.5}) == 3e-3
     assert chosen_lr({3e-3: 0.6, 1e-3: 0.6}) == 1e-3
@@ -117,3 +128,17 @@ def test_a_fixed_learning_rate_skips_the_selection_for_that_method(tmp_path, cha
                      val=chart_data / "test.jsonl", out=out)
     assert result.selection == {"sft": {5e-4: None}} and result.lr("sft") == 5e-4
     assert not (out / "select").exists() and (out / "test" / "sft-lr0.0005-seed0").is_dir()
+
+
+def test_sft_annealing_memorizes_every_prompt_at_the_first_step_and_none_at_the_last(tmp_path, chart_data):
+    train(small_recipe(chart_data, tmp_path / "run", algorithm="anneal", max_steps=3))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["frac_memorize"] == 1.0 and metrics[-1]["frac_memorize"] == 0.0
+
+
+def test_threshold_zero_never_memorizes_where_dyme_would(tmp_path, chart_data):
+    # A fresh model's groups are all wrong: DyME memorizes them; a threshold of 0 has no group below it
+    for algorithm, memorized in (("dyme", 1.0), ("threshold", 0.0)):
+        train(small_recipe(chart_data, tmp_path / algorithm, algorithm=algorithm, memorize_below=0.0, max_steps=1))
+        (metrics,) = [json.loads(line) for line in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
+        assert metrics["accuracy"] == 0.0 and metrics["frac_memorize"] == memorized

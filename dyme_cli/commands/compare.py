@@ -22,10 +22,10 @@ def compare_command(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; every method runs once per seed."),
     lrs: Optional[str] = typer.Option(
         None, "--lrs", help="Comma-separated learning rates each method chooses from on --val, and/or METHOD=LR "
-        "pairs that fix a method's lr (default: the recipe's [optim].lr for every method)."),
+        "pairs that fix a method's lr (default: the recipe's \\[optim].lr for every method)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation JSONL the learning rate is chosen on."),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for the runs, compare.json and accuracy.png."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override [train].max_steps."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override \\[train].max_steps."),
     selection_seed: int = typer.Option(1000, "--selection-seed", help="Seed of the learning-rate selection runs."),
     sft_fraction: float = typer.Option(0.5, "--sft-fraction", min=0.0, max=1.0,
                                        help="Share of the steps sft-grpo spends on SFT."),

@@ -14,8 +14,8 @@ from ..ui import console, err_console, note, progress_bar, quiet_transformers
 
 def train(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.toml", help="Training recipe."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Run directory (default: [run].output_dir)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override [train].max_steps."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Run directory (default: \\[run].output_dir)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override \\[train].max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run directory."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Check data, verifiers, model and batch sizes and print the plan; train nothing."),
