@@ -142,3 +142,20 @@ def test_threshold_zero_never_memorizes_where_dyme_would(tmp_path, chart_data):
         train(small_recipe(chart_data, tmp_path / algorithm, algorithm=algorithm, memorize_below=0.0, max_steps=1))
         (metrics,) = [json.loads(line) for line in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
         assert metrics["accuracy"] == 0.0 and metrics["frac_memorize"] == memorized
+
+
+def test_compare_command_prints_what_compare_json_holds(tmp_path, chart_data):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[model]\nname_or_path = "tiny:smolvlm"\nfreeze_vision = false\n'
+                      f'[model.tiny]\nimage_size = 32\nhidden_size = 32\nvision_hidden_size = 32\n'
+                      f'[data]\ntrain = "{chart_data}/train.jsonl"\ntest = "{chart_data}/test.jsonl"\n'
+                      f'[rollout]\nnum_generations = 2\nmax_new_tokens = 12\n[train]\nprompts_per_step = 4\n')
+    result = runner.invoke(app, ["compare", str(recipe), "--methods", "sft,dyme", "--seeds", "0,1", "--max-steps", "1",
+                                 "--out", str(tmp_path / "o")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert [s["method"] for s in saved["summary"]] == ["sft", "dyme"] and len(saved["runs"]) == 4
+    for summary in saved["summary"]:
+        mean, sd = summary["accuracy"]
+        assert f"{100 * mean:.1f} ± {100 * sd:.1f}" in result.output
+    assert "mean ± sd over 2 seeds" in result.output

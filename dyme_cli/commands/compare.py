@@ -75,25 +75,25 @@ def _learning_rates(text: str) -> tuple[list[float], dict[str, float]]:
     return candidates, fixed
 
 
-def _pm(value: tuple[float, float]) -> str:
-    return f"{100 * value[0]:.1f} ± {100 * value[1]:.1f}"
-
-
 def _tables(comparison) -> list[Table]:
     """Accuracy and costs, then the pseudo-thinking flags of the held-out completions; mean ± sd over seeds."""
     seeds = len(comparison.base)
-    base = sum(comparison.base) / seeds
+    spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
+
+    def pm(value: tuple[float, float]) -> str:
+        return f"{100 * value[0]:.1f} ± {100 * value[1]:.1f}" if seeds > 1 else f"{100 * value[0]:.1f}"
+
     summaries = comparison.summaries()
-    scores = Table(title=f"held-out accuracy (%), mean ± sd over {seeds} seed(s); the starting model: {100 * base:.1f}")
+    scores = Table(title=f"held-out accuracy (%), {spread}; the starting model: {100 * sum(comparison.base) / seeds:.1f}")
     for column in ("method", "lr", "accuracy", "format", "memorize/explore/skip", "train s"):
         scores.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
-        scores.add_row(s.method, f"{s.lr:g}", _pm(s.accuracy), _pm(s.format_rate),
+        scores.add_row(s.method, f"{s.lr:g}", pm(s.accuracy), pm(s.format_rate),
                        " / ".join(f"{s.modes[m]:.2f}" for m in ("memorize", "explore", "skip")), f"{s.train_s:.0f}")
-    flags = Table(title="pseudo thinking in the held-out completions (% flagged), mean ± sd")
+    flags = Table(title=f"pseudo thinking in the held-out completions (% flagged), {spread}")
     for column in ("method", "ungrounded-value", "right-for-wrong-reasons", "conclusion-mismatch"):
         flags.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
-        flags.add_row(s.method, *(_pm(s.flags[name]) for name in ("ungrounded-value", "right-for-wrong-reasons",
-                                                                  "conclusion-mismatch")))
+        flags.add_row(s.method, *(pm(s.flags[name]) for name in ("ungrounded-value", "right-for-wrong-reasons",
+                                                                 "conclusion-mismatch")))
     return [scores, flags]
