@@ -225,9 +225,9 @@ class Plan:
         """The run's last checkpoint: read back when the run finished earlier, else trained (resumed if begun)."""
         if run.recipe_file.is_file() and run.recipe_file.read_text(encoding="utf-8") != recipe_to_toml(recipe):
             raise BadArgument(f"{run.path} holds a run of another recipe; choose another output folder")
-        checkpoints = run.checkpoints()
+        checkpoints, records = run.checkpoints(), read_metrics(run)
         finished = checkpoints and checkpoint_step(checkpoints[-1]) == recipe.train.max_steps
-        if finished and read_metrics(run) and "eval_accuracy" in read_metrics(run)[-1]:
+        if finished and records and "eval_accuracy" in records[-1]:
             self.on_message(f"{run.path}: finished earlier, read back")
             return checkpoints[-1]
         return train(recipe, resume=bool(checkpoints), on_message=self.on_message).checkpoint
