@@ -50,7 +50,13 @@ def target_text(sample: Sample, answer_flag: str, answer: str | None = None) -> 
 def read_samples(path: Path) -> list[Sample]:
     """Read a JSONL dataset. A malformed line raises DataError naming file, line and field."""
     path = Path(path)
-    samples = [_parse_sample(path, f"{path}:{lineno}", record) for lineno, record in jsonl_records(path, "dataset")]
+    samples, first_line_of = [], {}
+    for lineno, record in jsonl_records(path, "dataset"):
+        sample = _parse_sample(path, f"{path}:{lineno}", record)
+        if sample.id in first_line_of:  # prompts are cached and traced by id: a second one would train the wrong pair
+            raise DataError(f"{path}:{lineno}: field 'id': '{sample.id}' is already the id of line {first_line_of[sample.id]}")
+        first_line_of[sample.id] = lineno
+        samples.append(sample)
     if not samples:
         raise DataError(f"{path}: no samples")
     return samples

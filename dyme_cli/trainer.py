@@ -41,9 +41,14 @@ FAILURE_REPORTS = 3  # steps with verifier failures reported as messages; later 
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"interrupted after step {step}; checkpoint saved to {checkpoint}")
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: Path, signum: int = signal.SIGINT):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped after step {step}; checkpoint saved to {checkpoint}")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
 
 
 @dataclass
@@ -378,7 +383,7 @@ def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
 
 
 def restore_state(engine: Engine, checkpoint: Path) -> int:
-    state = torch.load(state_file(checkpoint), weights_only=False)
+    state = load_state(state_file(checkpoint))
     try:
         engine.optimizer.load_state_dict(state["optimizer"])
     except ValueError as exc:  # e.g. a checkpoint written before biases and norms had their own no-decay group
@@ -392,28 +397,51 @@ def restore_state(engine: Engine, checkpoint: Path) -> int:
     return int(state["step"])
 
 
+def load_state(path: Path) -> dict:
+    """The trainer state, unpickled safely: tensors, containers and numbers only (torch's `weights_only`), so a
+    checkpoint from someone else cannot run code on `--resume`."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RunDirError(f"{path}: refused: it holds objects other than tensors and plain values, which could run "
+                          f"code when loaded ({first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise RunDirError(f"{path}: cannot read the trainer state ({first_line(exc)})") from None
+
+
+# What schedulers and shells send to stop a job: Ctrl-C, SIGTERM (SLURM, Kubernetes, spot preemption, `timeout`)
+# and SIGHUP (a closed terminal). SIGHUP does not exist on Windows.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
 class StopRequest:
-    """First Ctrl-C asks the loop to stop after the current step (and checkpoint); a second one aborts."""
+    """The first stop signal asks the loop to stop after the current step (and checkpoint); a second one aborts."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         except ValueError:  # not the main thread: no signal handling
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 
@@ -499,7 +527,7 @@ def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples
             if stop.requested:
                 if result.checkpoint != run.checkpoint(step):
                     result.checkpoint = save_checkpoint(engine, run, step)
-                raise TrainingInterrupted(step, result.checkpoint)
+                raise TrainingInterrupted(step, result.checkpoint, stop.signum)
     return result
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console, progress_bar, quiet_transformers
+from ..ui import console, err_console, progress_bar, quiet_transformers
 
 ALL_METHODS = "dyme,sft,grpo,sft-grpo,threshold,anneal"
 
@@ -34,6 +34,7 @@ def compare_command(
     same data and budget, and compare them on the recipe's test split."""
     from ..compare import PLOT_FILE, RESULT_FILE, compare
     from ..recipe import load_recipe
+    from ..trainer import TrainingInterrupted
 
     recipe = load_recipe(recipe_path)
     candidates, method_lrs = _learning_rates(lrs or "")
@@ -42,12 +43,17 @@ def compare_command(
     quiet_transformers()
     with progress_bar() as progress:
         task = progress.add_task("starting", total=None, stats="")
-        comparison = compare(
-            recipe, methods=_items(methods, str, "--methods"), seeds=_items(seeds, int, "--seeds"),
-            lrs=candidates, method_lrs=method_lrs, val=val, out=out, selection_seed=selection_seed,
-            sft_fraction=sft_fraction, on_run=lambda label: progress.update(task, description=escape(label)),
-            on_message=lambda m: progress.console.print(escape(m)),
-        )
+        try:
+            comparison = compare(
+                recipe, methods=_items(methods, str, "--methods"), seeds=_items(seeds, int, "--seeds"),
+                lrs=candidates, method_lrs=method_lrs, val=val, out=out, selection_seed=selection_seed,
+                sft_fraction=sft_fraction, on_run=lambda label: progress.update(task, description=escape(label)),
+                on_message=lambda m: progress.console.print(escape(m)),
+            )
+        except TrainingInterrupted as exc:
+            progress.stop()
+            err_console.print(f"[yellow]{escape(str(exc))}[/]; run the same command again to continue")
+            raise typer.Exit(exc.exit_code)
     for table in _tables(comparison):
         console.print(table)
     console.print(f"results: {out / RESULT_FILE}; held-out accuracy over steps: {out / PLOT_FILE}")

@@ -46,7 +46,7 @@ def train(
         except TrainingInterrupted as exc:
             progress.stop()
             err_console.print(f"[yellow]{escape(str(exc))}[/]; continue with --resume")
-            raise typer.Exit(130)
+            raise typer.Exit(exc.exit_code)
     _print_summary(result, history)
 
 
