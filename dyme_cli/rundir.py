@@ -137,16 +137,32 @@ class RunDir:
 
     # ------------------------------------------------------------------ logs
 
-    def truncate_logs(self, last_step: int) -> None:
-        """Drop log records of steps after `last_step`, the checkpoint a run resumes from (they are produced again)."""
+    def truncate_logs(self, last_step: int) -> list[str]:
+        """Drop log records of steps after `last_step`, the checkpoint a run resumes from (they are produced again).
+        A torn last line (the process was killed while appending it) is dropped too; the returned notes say so."""
+        notes = []
         for path in (self.metrics_file, self.traces_file, self.eval_traces_file):
             if path.is_file():
-                lines = path.read_text(encoding="utf-8").splitlines()
-                kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
+                lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+                steps = [_logged_step(path, i, line, last=i == len(lines)) for i, line in enumerate(lines, start=1)]
+                if steps and steps[-1] is None:
+                    notes.append(f"{path}:{len(lines)}: dropped a half-written last line")
+                kept = [line for line, step in zip(lines, steps) if step is not None and step <= last_step]
                 path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        return notes
 
     def append_metrics(self, record: dict) -> None:
         append_jsonl(self.metrics_file, [record])
 
     def append_traces(self, records: Sequence[dict]) -> None:
         append_jsonl(self.traces_file, records)
+
+
+def _logged_step(path: Path, lineno: int, line: str, last: bool) -> int | None:
+    """The step of a log line; None for a torn last line. A damaged line elsewhere is not a crash artefact: refuse."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        if last:
+            return None
+        raise RunDirError(f"{path}:{lineno}: not a log record; the run's logs were edited or damaged") from None

@@ -501,7 +501,8 @@ def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples
     if checkpoints:
         start = restore_state(engine, checkpoints[-1])
         on_message(f"resumed from {checkpoints[-1]} (step {start})")
-    run.truncate_logs(start)
+    for note in run.truncate_logs(start):
+        on_message(note)
 
     result = TrainResult(run.path, start, checkpoints[-1] if checkpoints else None)
     if recipe.run.eval_before and test_samples and start == 0:

@@ -78,3 +78,29 @@ def test_a_repeated_sample_id_is_refused_naming_both_lines(tmp_path, chart_data)
     result = runner.invoke(app, ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(data)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{data}:3: field 'id': '{records[0]['id']}' is already the id of line 1" in " ".join(result.output.split())
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume_and_reported(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=2)
+    train(recipe)
+    run = tmp_path / "run"
+    for name in ("metrics.jsonl", "traces.jsonl"):  # killed while appending step 3's records
+        with (run / name).open("a") as handle:
+            handle.write('{"step": 3, "loss": 0.')
+    recipe.train.max_steps = 3
+    messages = []
+    train(recipe, resume=True, on_message=messages.append)
+    assert sum("dropped a half-written last line" in m for m in messages) == 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_a_damaged_log_line_before_the_last_is_a_one_line_error(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=2)
+    train(recipe)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(["garbage", *lines[1:]]) + "\n")
+    recipe.train.max_steps = 3
+    with pytest.raises(RunDirError, match=f"{metrics}:1: not a log record"):
+        train(recipe, resume=True)
