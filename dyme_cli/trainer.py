@@ -34,7 +34,7 @@ from .recipe import Recipe, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import METRICS_FILE, RunDir, RunDirError, state_file
 from .traces import Trace, step_metrics, step_traces
-from .verify_pool import VerifierPool
+from .verify_pool import STOP_SIGNALS, VerifierPool
 
 PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) kept between steps
 FAILURE_REPORTS = 3  # steps with verifier failures reported as messages; later ones are only counted
@@ -409,11 +409,6 @@ def load_state(path: Path) -> dict:
                           f"code when loaded ({first_line(exc)})") from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise RunDirError(f"{path}: cannot read the trainer state ({first_line(exc)})") from None
-
-
-# What schedulers and shells send to stop a job: Ctrl-C, SIGTERM (SLURM, Kubernetes, spot preemption, `timeout`)
-# and SIGHUP (a closed terminal). SIGHUP does not exist on Windows.
-STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 class StopRequest:

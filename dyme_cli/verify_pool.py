@@ -22,13 +22,19 @@ from .verdict import Verdict
 Job = tuple[str, str, Any]  # (verifier name, completion, sample)
 
 
+# What stops a run: Ctrl-C, SIGTERM (SLURM, Kubernetes, spot preemption, `timeout`) and SIGHUP (a closed
+# terminal; not on Windows). The training loop turns the first into a checkpoint and a clean stop.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
 def failed_verdict(detail: str) -> Verdict:
     return Verdict(False, None, {"format": 0.0, "accuracy": 0.0}, detail)
 
 
 def _serve(conn: Connection, verifiers: dict) -> None:
     """Worker loop: verify each job received, send back (verdict, None) or (None, error)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    for signum in STOP_SIGNALS:  # Ctrl-C, or a scheduler's SIGTERM to the whole job, is the parent's to handle:
+        signal.signal(signum, signal.SIG_IGN)  # it finishes the step (these verify calls included), then stops us
     while True:
         try:
             job = conn.recv()

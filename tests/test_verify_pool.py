@@ -88,3 +88,18 @@ def test_an_unpicklable_verifier_is_a_one_line_error():
 
     with VerifierPool({"local": Local()}) as pool, pytest.raises(VerifierError, match="must be picklable"):
         pool.verify([("local", "x", _sample())])
+
+
+def test_workers_leave_stop_signals_to_the_parent_which_finishes_the_step(pool):
+    import os
+    import signal
+
+    jobs = [("exact", f"x. Answer: {i}", _sample("1")) for i in range(4)]
+    pool.verify(jobs)  # starts the workers
+    workers = [w.process.pid for w in pool._workers]
+    for pid in workers:  # what a scheduler's SIGTERM (or a terminal's SIGHUP) to the whole job does
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGHUP)
+    time.sleep(0.2)
+    results = pool.verify(jobs)
+    assert not any(failed for _, failed in results) and [w.process.pid for w in pool._workers] == workers
