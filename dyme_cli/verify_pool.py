@@ -8,6 +8,7 @@ becomes an incorrect verdict with zero rewards whose `detail` names the problem.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import signal
 import time
@@ -51,6 +52,21 @@ def _serve(conn: Connection, verifiers: dict) -> None:
             conn.send(result)
         except Exception as exc:
             conn.send((None, f"verifier '{name}' returned a result that cannot be sent back: {exc}"))
+
+
+def contract_problem(verdict: Any) -> str | None:
+    """What breaks the plugin contract in a returned verdict (checked in the parent, where a bad value would train
+    the wrong mode or put NaN into the weights): a Verdict with a bool `correct` and finite numeric rewards."""
+    if not isinstance(verdict, Verdict):
+        return f"a {type(verdict).__name__} instead of a Verdict"
+    if not isinstance(verdict.correct, bool):
+        return f"correct = {verdict.correct!r}, not a bool"
+    if not isinstance(verdict.rewards, dict):
+        return f"rewards = {verdict.rewards!r}, not a dict"
+    for name, value in verdict.rewards.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"reward '{name}' = {value!r}, not a finite number"
+    return None
 
 
 @dataclass
@@ -143,6 +159,9 @@ class VerifierPool:
         worker.job = None
         if error is not None:
             return failed_verdict(error), True
+        problem = contract_problem(verdict)
+        if problem is not None:
+            return failed_verdict(f"verifier '{name}' returned {problem}"), True
         return verdict, False
 
     def _replace(self, worker: _Worker) -> None:

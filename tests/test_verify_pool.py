@@ -8,6 +8,7 @@ import pytest
 
 from dyme_cli.data import Sample
 from dyme_cli.plugins import load_verifier
+from dyme_cli.verdict import Verdict
 from dyme_cli.verify_pool import VerifierPool
 
 
@@ -103,3 +104,37 @@ def test_workers_leave_stop_signals_to_the_parent_which_finishes_the_step(pool):
     time.sleep(0.2)
     results = pool.verify(jobs)
     assert not any(failed for _, failed in results) and [w.process.pid for w in pool._workers] == workers
+
+
+class BrokenContract:
+    """Returns what the `verdict` option says, instead of a proper Verdict."""
+
+    name = "broken"
+
+    def __init__(self, verdict):
+        self.verdict = verdict
+
+    def verify(self, completion, sample):
+        return self.verdict
+
+
+@pytest.mark.parametrize("returned, problem", [
+    (None, "a NoneType instead of a Verdict"),
+    ({"correct": True}, "a dict instead of a Verdict"),
+    (Verdict("no", "5", {"accuracy": 0.0}), "correct = 'no', not a bool"),
+    (Verdict(True, "5", {"accuracy": float("nan")}), "reward 'accuracy' = nan, not a finite number"),
+    (Verdict(True, "5", {"format": float("inf")}), "reward 'format' = inf, not a finite number"),
+    (Verdict(True, "5", {"accuracy": "high"}), "reward 'accuracy' = 'high', not a finite number"),
+])
+def test_a_verdict_that_breaks_the_contract_is_a_counted_failure_not_a_crash(returned, problem):
+    with VerifierPool({"broken": BrokenContract(returned)}, timeout_s=5.0) as pool:
+        (verdict, failed), = pool.verify([("broken", "x. Answer: 5", _sample())])
+    assert failed and verdict.correct is False and verdict.rewards == {"format": 0.0, "accuracy": 0.0}
+    assert verdict.detail == f"verifier 'broken' returned {problem}"
+
+
+def test_a_verdict_that_keeps_the_contract_passes_unchanged():
+    good = Verdict(True, "5", {"accuracy": 1, "format": 0.5}, "ok")
+    with VerifierPool({"broken": BrokenContract(good)}, timeout_s=5.0) as pool:
+        (verdict, failed), = pool.verify([("broken", "x. Answer: 5", _sample())])
+    assert not failed and verdict == good
