@@ -141,6 +141,8 @@ def compare(
         raise BadArgument("the recipe has no [data].test: the comparison scores every method on it")
     if not seeds:
         raise BadArgument("no seed to run")
+    if recipe.train.max_steps < 2 and any(len(METHODS[m]) > 1 for m in methods):
+        raise BadArgument("sft-grpo needs at least 2 steps: one of SFT, one of GRPO")
     candidates = sorted(set(lrs)) or [recipe.optim.lr]
     if len(candidates) > 1 and val is None:
         raise BadArgument("choosing among several learning rates needs a validation split (--val FILE); "

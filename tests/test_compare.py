@@ -111,6 +111,7 @@ def test_compare_selects_on_validation_runs_phases_and_reads_finished_runs_back(
     (["--lrs", "1e-3,3e-3"], "needs a validation split"),
     (["--lrs", "1e-3,x"], "--lrs '1e-3,x'"),
     (["--lrs", "dyme=1e-3,ppo=1e-3"], "unknown method(s) ppo"),
+    (["--methods", "sft-grpo", "--max-steps", "1"], "sft-grpo needs at least 2 steps"),
     (["--seeds", "0,1000", "--lrs", "1e-3,3e-3", "--val", "v.jsonl"], "selection seed 1000 is also a test seed"),
 ])
 def test_compare_refuses_bad_choices_in_one_line(tmp_path, chart_data, args, message):
