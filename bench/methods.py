@@ -24,6 +24,7 @@ arguments. The generator seeds below are this benchmark's own; nothing was tuned
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 import time
@@ -35,61 +36,29 @@ sys.path.insert(0, str(REPO))
 from dyme_cli.compare import METHODS  # noqa: E402
 from dyme_cli.data import QUESTION, read_samples, target_text, user_text, write_samples  # noqa: E402
 from dyme_cli.prepare.synthetic_chart import generate  # noqa: E402
-from dyme_cli.recipe import TinyModel, tomllib  # noqa: E402
+from dyme_cli.recipe import TinyModel, recipe_from_dict, recipe_to_toml, tomllib  # noqa: E402
 from dyme_cli.tiny_models import build_tiny  # noqa: E402
 
 POST_SEED, VAL_SEED, PRETRAIN_SEED = 101, 202, 303  # generator seeds: post-training + test, validation, pretraining
 CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
 K = 4  # rollouts per prompt: with K = 2 the paper's threshold (t = 0.5) would be DyME's own rule
-TINY = """[model.tiny]
-image_size = 24
-patch_size = 8
-scale_factor = 1
-hidden_size = 96
-num_layers = 3
-intermediate_size = 192
-"""
+DEMO = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"))
 
 
 def recipe_toml(*, model: str, train: Path, test: Path, out: Path, algorithm: str, steps: int, lr: float,
                 eval_every: int | None = None) -> str:
-    """The demo's model, rollout and optimizer settings (recipes/demo.toml) with the given data and budget."""
-    return f"""[run]
-output_dir = "{out}"
-seed = 0
-save_every = {steps}
-eval_after = true
-eval_batch_size = 100
-{f"eval_every = {eval_every}" if eval_every else ""}
-
-[model]
-name_or_path = "{model}"
-freeze_vision = false
-{TINY if model.startswith("tiny:") else ""}
-[data]
-train = "{train}"
-test = "{test}"
-prompt_template = "{{question}}"
-
-[rollout]
-num_generations = {K}
-temperature = 1.0
-max_new_tokens = 48
-prompts_per_generate = 32
-
-[train]
-algorithm = "{algorithm}"
-max_steps = {steps}
-prompts_per_step = 32
-reward_weights = {{ accuracy = 1.0, format = 0.5, thinking = 1.0 }}
-
-[optim]
-lr = {lr}
-weight_decay = 0.0
-warmup_steps = 10
-schedule = "cosine"
-micro_batch_size = 32
-"""
+    """recipes/demo.toml (its tiny model, rollout and optimizer settings) with the given model, data and budget,
+    and K rollouts per prompt."""
+    raw = copy.deepcopy(DEMO)
+    raw["run"].update(output_dir=str(out), save_every=steps, eval_before=False)
+    if eval_every:
+        raw["run"]["eval_every"] = eval_every
+    raw["model"]["name_or_path"] = model
+    raw["data"].update(train=str(train), test=str(test))
+    raw["rollout"]["num_generations"] = K
+    raw["train"].update(algorithm=algorithm, max_steps=steps)
+    raw["optim"]["lr"] = lr
+    return recipe_to_toml(recipe_from_dict(raw))
 
 
 def dyme(*args: str, quiet: bool = False) -> None:
@@ -122,7 +91,7 @@ def weak_base(out: Path, train: Path, test: Path, pretrain: Path, args) -> Path:
     built = out / "base-init"
     if not (built / "config.json").is_file():
         texts = [user_text(s, QUESTION) + " " + target_text(s, "Answer:") for s in read_samples(train)]
-        build_tiny("smolvlm", built, ["User: Assistant:", *texts], TinyModel(**tomllib.loads(TINY)["model"]["tiny"]))
+        build_tiny("smolvlm", built, ["User: Assistant:", *texts], TinyModel(**DEMO["model"]["tiny"]))
     (out / "base.toml").write_text(recipe_toml(model=str(built), train=pretrain, test=test, out=out / "base",
                                                algorithm="sft", steps=args.pretrain_steps, lr=3e-3))
     print(f"weak base: {args.pretrain_steps} steps of answer-only SFT on {args.pretrain_kinds} questions", flush=True)

@@ -199,7 +199,7 @@ class Plan:
             run = RunDir(directory / f"{index}-{algorithm}" if len(phases) > 1 else directory)
             self.on_run(f"{group}: {method}, lr {lr:g}, seed {seed}" + (f", phase {algorithm}" if len(phases) > 1 else ""))
             checkpoint = self.train_or_read(self.phase_recipe(algorithm, steps, lr, seed, model, test, run.path), run)
-            phase_records = read_metrics(run)
+            phase_records = run.metrics()
             if index == 1:
                 curve.append((0, first_eval(run)))
             curve += [(offset + r["step"], r["eval_accuracy"]) for r in phase_records if "eval_accuracy" in r]
@@ -227,18 +227,12 @@ class Plan:
         """The run's last checkpoint: read back when the run finished earlier, else trained (resumed if begun)."""
         if run.recipe_file.is_file() and run.recipe_file.read_text(encoding="utf-8") != recipe_to_toml(recipe):
             raise BadArgument(f"{run.path} holds a run of another recipe; choose another output folder")
-        checkpoints, records = run.checkpoints(), read_metrics(run)
+        checkpoints, records = run.checkpoints(), run.metrics()
         finished = checkpoints and checkpoint_step(checkpoints[-1]) == recipe.train.max_steps
         if finished and records and "eval_accuracy" in records[-1]:
             self.on_message(f"{run.path}: finished earlier, read back")
             return checkpoints[-1]
         return train(recipe, resume=bool(checkpoints), on_message=self.on_message).checkpoint
-
-
-def read_metrics(run: RunDir) -> list[dict]:
-    if not run.metrics_file.is_file():
-        return []
-    return [json.loads(line) for line in run.metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def first_eval(run: RunDir) -> float:

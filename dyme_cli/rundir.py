@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .data import append_jsonl
+from .data import append_jsonl, jsonl_records
 from .errors import UserError
 
 RECIPE_FILE = "recipe.toml"
@@ -150,6 +150,12 @@ class RunDir:
                 kept = [line for line, step in zip(lines, steps) if step is not None and step <= last_step]
                 path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         return notes
+
+    def metrics(self) -> list[dict]:
+        """Every step's metrics record; none before the first step."""
+        if not self.metrics_file.is_file():
+            return []
+        return [record for _, record in jsonl_records(self.metrics_file, "metrics")]
 
     def append_metrics(self, record: dict) -> None:
         append_jsonl(self.metrics_file, [record])
