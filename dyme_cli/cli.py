@@ -3,22 +3,42 @@ user error the engine raises into one line and exit code 2."""
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 from typer.core import TyperGroup
 
 from .commands import compare, eval as eval_cmd, export, inspect, prepare, train, verifiers
-from .errors import UserError
-from .ui import fail
+from .errors import UserError, UserFacingWarning, first_line
+from .ui import fail, note
 
 
 class _Commands(TyperGroup):
-    """The root group: a UserError from any command is one line on stderr and exit code 2, never a traceback."""
+    """The root group: a UserError from any command is one line on stderr and exit code 2, never a traceback; so is
+    an OSError about a path (a directory where a file is expected, a file's child, no permission, a full disk)."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            fail(str(exc))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except UserError as exc:
+                fail(str(exc))
+            except OSError as exc:
+                if exc.filename is None:  # not about a path the user named: a bug or a system failure, keep the trace
+                    raise
+                fail(f"{exc.filename}: {exc.strerror or first_line(exc)}")
+
+
+_library_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dyme's own warnings are one `note:` line; other libraries' keep Python's format."""
+    if issubclass(category, UserFacingWarning):
+        note(str(message))
+    else:
+        _library_showwarning(message, category, filename, lineno, file, line)
 
 
 app = typer.Typer(

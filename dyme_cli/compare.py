@@ -232,7 +232,7 @@ class Plan:
         if finished and records and "eval_accuracy" in records[-1]:
             self.on_message(f"{run.path}: finished earlier, read back")
             return checkpoints[-1]
-        return train(recipe, resume=bool(checkpoints), on_message=self.on_message).checkpoint
+        return train(recipe, resume=bool(run.contents()), on_message=self.on_message).checkpoint
 
 
 def first_eval(run: RunDir) -> float:

@@ -14,6 +14,10 @@ class UserError(Exception):
     """A mistake in the user's input (file, recipe key, option, model name); the message is one line naming it."""
 
 
+class UserFacingWarning(UserWarning):
+    """Something the user should know that does not stop the command; the command line prints it as one line."""
+
+
 class BadArgument(UserError, ValueError):
     """A command argument or option that cannot be used (out of range, malformed)."""
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataError, Sample, read_samples
+from .dyme import Mode
 from .errors import BadArgument
 from .pseudo_thinking import Flag, filter_traces, flag_traces, load_traces, sample_contexts, summarize
+from .recipe import Recipe, RecipeError, load_recipe
 from .rundir import RunDir
 from .traces import Trace
 
@@ -36,7 +38,17 @@ def parse_steps(text: str | None) -> tuple[int | None, int | None] | None:
         bounds = (int(low) if low.strip() else None, int(high) if high.strip() else None)
     except ValueError:
         raise BadArgument(f"--step '{text}': expected A:B, A:, :B or a single step number") from None
+    if None not in bounds and bounds[0] > bounds[1]:
+        raise BadArgument(f"--step '{text}': the first step is after the last; did you mean {high}:{low}?")
     return bounds if sep else (bounds[0], bounds[0])
+
+
+TRACE_MODES = (*(mode.value for mode in Mode), "eval")  # what --mode selects: a training mode, or held-out evaluation
+
+
+def check_mode(mode: str | None) -> None:
+    if mode is not None and mode not in TRACE_MODES:
+        raise BadArgument(f"--mode '{mode}': expected one of {', '.join(TRACE_MODES)}")
 
 
 def traces_file(path: Path) -> Path:
@@ -48,38 +60,44 @@ def traces_file(path: Path) -> Path:
     return path
 
 
-def recorded_datasets(run_dir: Path, notes: list[str]) -> tuple[list[Path], str | None]:
-    """The train/test datasets and answer flag a run's recipe.toml recorded (empty, None without a usable one)."""
-    from .recipe import RecipeError, load_recipe
-
+def recorded_recipe(run_dir: Path, notes: list[str]) -> Recipe | None:
+    """The recipe.toml a run recorded, for its datasets, their image rules and its answer flag (None without a
+    usable one)."""
     recipe_file = RunDir(run_dir).recipe_file
     if not recipe_file.is_file():
-        return [], None
+        return None
     try:
-        recipe = load_recipe(recipe_file)
+        return load_recipe(recipe_file)
     except RecipeError as exc:
         notes.append(f"cannot use the run's recipe ({exc}); pass --data")
-        return [], None
-    return [p for p in (recipe.data.train, recipe.data.test) if p is not None], recipe.verifier.answer_flag
+        return None
 
 
 def inspect(path: Path, *, data: list[Path] = (), steps=None, mode: str | None = None, answer_flag: str | None = None,
             windows: int = 10) -> Inspection:
     """Load, filter and flag the traces at `path`. Samples come from `data`, else from the run's recorded
     datasets; eval traces carry their own."""
+    check_mode(mode)
     notes: list[str] = []
     source = traces_file(path)
-    recorded, recorded_flag = recorded_datasets(path, notes) if path.is_dir() else ([], None)
-    datasets = list(data) or recorded
+    recipe = recorded_recipe(path, notes) if path.is_dir() else None
+    recorded = [p for p in (recipe.data.train, recipe.data.test) if p is not None] if recipe else []
+    read = recipe.data.read if recipe else read_samples  # the images of a run's data are checked by its rules
     samples: dict[str, Sample] = {}
-    for dataset in datasets:
+    for dataset in list(data) or recorded:
         if not data and not Path(dataset).is_file():
             notes.append(f"dataset {dataset} recorded in {RunDir(path).recipe_file} not found; pass --data to check grounding")
             continue
-        samples.update({s.id: s for s in read_samples(dataset)})
+        dataset_samples = read(dataset)
+        if dataset_samples.skipped:
+            notes.append(dataset_samples.skip_note())
+        samples.update({s.id: s for s in dataset_samples})
     traces = filter_traces(load_traces(source), steps, mode)
+    if not traces:
+        notes.append(f"no trace in {source} matches the chosen steps and mode")
     samples.update(_samples_carried_by(traces, samples))
-    flags = flag_traces(traces, sample_contexts(samples.values()), answer_flag=answer_flag or recorded_flag or "Answer:")
+    answer_flag = answer_flag or (recipe.verifier.answer_flag if recipe else "Answer:")
+    flags = flag_traces(traces, sample_contexts(samples.values()), answer_flag=answer_flag)
     if not samples and traces:
         notes.append("no sample data: ungrounded-value, ignores-image and parroted-reference were not checked")
     return Inspection(traces, flags, samples, summarize(traces, flags, windows=windows), notes)

@@ -10,6 +10,7 @@ ordinary save_pretrained directory in the run directory.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import Iterable
 
 import torch
 
+from .data import Sample, chat_messages
 from .errors import UserError, first_line
 from .hub import is_hub_id
-from .recipe import LoraSection, ModelSection
+from .recipe import LoraSection, ModelSection, RecipeError
 
 TINY_PREFIX = "tiny:"
 
@@ -151,11 +153,36 @@ def load_policy(
         if base is not None:
             model = _load_adapter(model, name_or_path, merge=merge_adapter)
     except (OSError, ValueError, ImportError) as exc:
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {hub_only(name_or_path)}{first_line(exc)}") from None
+    except pickle.UnpicklingError:  # transformers loads .bin weights with torch.load(weights_only=True)
+        raise ModelLoadError(f"cannot load model '{name_or_path}': refused: a weights file holds objects other than "
+                             "tensors, which could run code when loaded") from None
+    check_chat_template(processor, text_only, name_or_path)
     tokenizer = tokenizer_of(processor)
     eos = _eos_ids(model, tokenizer)
     blocked = sorted(set(tokenizer.all_special_ids) - set(eos))
     return Policy(model, processor, eos, _pad_id(tokenizer), blocked, text_only)
+
+
+def check_chat_template(processor, text_only: bool, name_or_path: str) -> None:
+    """Render a one-question prompt now: a chat template that fails (a syntax error, or one the sandbox refuses
+    because it reaches for Python internals) is a load error, not a crash at the first step."""
+    from jinja2 import TemplateError
+
+    probe = Sample(id="probe", task="probe", question="?", answer="?")
+    try:
+        processor.apply_chat_template(chat_messages(probe, text_only), add_generation_prompt=True, tokenize=False)
+    except TemplateError as exc:
+        raise ModelLoadError(f"cannot load model '{name_or_path}': its chat template fails "
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def hub_only(name_or_path: str) -> str:
+    """What a load failure message should say first when `name_or_path` could be a local path the user meant but
+    no such path exists, so that it was looked up as a hub id (`models/mine` typed from the wrong folder)."""
+    if is_hub_id(name_or_path) and not Path(name_or_path).exists():
+        return f"no local directory {Path(name_or_path).resolve()}, and as a hub id: "
+    return ""
 
 
 def load_config(name_or_path: str, trust_remote_code: bool = False):
@@ -173,6 +200,20 @@ def load_processor(name_or_path: str, text_only: bool, trust_remote_code: bool =
     auto = AutoTokenizer if text_only else AutoProcessor
     source, extra = _source(name_or_path)
     return auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra, **(options or {}))
+
+
+def context_length(config) -> int | None:
+    """The most positions the language model takes, prompt and completion together; None when its config
+    does not say."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def check_completion_length(max_new_tokens: int, context: int | None, prompt_tokens: int = 1) -> None:
+    """RecipeError when a prompt of `prompt_tokens` plus `max_new_tokens` cannot fit the model's positions."""
+    if context is not None and prompt_tokens + max_new_tokens > context:
+        prompt = f" after a prompt of {prompt_tokens} tokens" if prompt_tokens > 1 else ""
+        raise RecipeError(f"[rollout].max_new_tokens = {max_new_tokens} does not fit the model's context of "
+                          f"{context} positions{prompt}")
 
 
 def load_for_recipe(section: ModelSection, source: str, merge_adapter: bool = True) -> Policy:

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .data import DataError, Sample, read_samples, user_text
+from .data import DataError, Sample, task_lines, user_text
 from .errors import first_line
 from .hub import is_hub_id
 from .plugins import VerifierError, installed_verifiers, load_verifiers
@@ -44,29 +44,46 @@ def dry_run(recipe: Recipe, max_steps: int | None = None) -> Plan:
     _check_batches(recipe, plan)
     _check_precision(recipe, plan)
     config = _check_model(recipe, plan)
-    if first is not None:
-        _check_prompt(recipe, plan, first, config)
+    prompt_tokens = _check_prompt(recipe, plan, first, config) if first is not None else 1
+    _check_context(recipe, plan, config, prompt_tokens)
     return plan
 
 
-def _check_data(recipe: Recipe, plan: Plan) -> tuple[set[str], Sample | None]:
-    """The tasks the data uses, and the first training sample (None when the training data is unusable)."""
-    tasks: set[str] = set()
+def _check_context(recipe: Recipe, plan: Plan, config, prompt_tokens: int) -> None:
+    """The first prompt plus a full-length completion must fit the model's positions (a tiny model's are fixed)."""
+    from .modeling import check_completion_length, context_length, is_tiny
+    from .recipe import RecipeError
+    from .tiny_models import CONTEXT_LENGTH
+
+    context = CONTEXT_LENGTH if is_tiny(recipe.model.name_or_path) else context_length(config) if config else None
+    try:
+        check_completion_length(recipe.rollout.max_new_tokens, context, prompt_tokens)
+    except RecipeError as exc:
+        plan.problems.append(str(exc))
+
+
+def _check_data(recipe: Recipe, plan: Plan) -> tuple[dict[str, str], Sample | None]:
+    """The tasks the data uses (-> the file:line of their first sample), and the first training sample (None when
+    the training data is unusable)."""
+    tasks: dict[str, str] = {}
     first = None
     for split, path in (("train", recipe.data.train), ("test", recipe.data.test)):
         if path is None:
             continue
         try:
-            samples = read_samples(path)
+            samples = recipe.data.read(path)
         except DataError as exc:
             plan.problems.append(str(exc))
             continue
         counts = Counter(s.task for s in samples)
-        tasks |= set(counts)
+        tasks = {**task_lines(samples), **tasks}
         with_images = sum(bool(s.images) for s in samples)
         no_reference = sum(not s.reference.strip() for s in samples)
         per_task = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
-        plan.add(f"{split} data", f"{path}: {len(samples)} samples ({per_task}); {with_images} with images")
+        skipped = f"; {len(samples.skipped)} left out (unreadable images)" if samples.skipped else ""
+        plan.add(f"{split} data", f"{path}: {len(samples)} samples ({per_task}); {with_images} with images{skipped}")
+        if samples.skipped:
+            plan.notes.append(samples.skip_note())
         if split == "train":
             first = samples[0]
             if no_reference:
@@ -80,7 +97,7 @@ def _check_data(recipe: Recipe, plan: Plan) -> tuple[set[str], Sample | None]:
     return tasks, first
 
 
-def _check_verifiers(recipe: Recipe, tasks: set[str], plan: Plan) -> None:
+def _check_verifiers(recipe: Recipe, tasks: dict[str, str], plan: Plan) -> None:
     try:
         load_verifiers(tasks, recipe.verifier.answer_flag, recipe.verifier.options)
     except VerifierError as exc:
@@ -160,8 +177,11 @@ def _check_model(recipe: Recipe, plan: Plan):
     return config
 
 
-def _check_prompt(recipe: Recipe, plan: Plan, sample: Sample, config) -> None:
-    """The first training prompt as the model reads it (chat template, image tokens), when the processor is at hand."""
+def _check_prompt(recipe: Recipe, plan: Plan, sample: Sample, config) -> int:
+    """The first training prompt as the model reads it (chat template, image tokens), when the processor is at hand;
+    returns its token count (1 when it cannot be encoded yet)."""
+    from jinja2 import TemplateError
+
     from .modeling import load_processor, model_class_for
     from .rollout import encode_text, image_token_count, prompt_text
 
@@ -169,23 +189,24 @@ def _check_prompt(recipe: Recipe, plan: Plan, sample: Sample, config) -> None:
     if config is None:
         plan.add("prompt (user turn)", user_text(sample, template))
         plan.notes.append("the prompt is shown without the model's chat template, which is not available yet")
-        return
+        return 1
     section = recipe.model
     text_only = model_class_for(config)[1]
     try:
         processor = load_processor(section.name_or_path, text_only, section.trust_remote_code, section.processor)
         text = prompt_text(processor, text_only, sample, template)
         ids = encode_text(processor, text_only, sample, text)["input_ids"]
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, TemplateError) as exc:
         plan.problems.append(f"[model].processor: cannot encode the first prompt ({sample.id}): {first_line(exc)}")
-        return
+        return 1
     plan.add("prompt", text)
     plan.add("prompt tokens", f"{ids.shape[-1]} for sample {sample.id}, {image_token_count(processor, ids)} of them "
                               "image tokens (set with [model].processor)")
+    return int(ids.shape[-1])
 
 
 def _model_config(section, plan: Plan):
-    from .modeling import ModelLoadError, load_config
+    from .modeling import ModelLoadError, hub_only, load_config
 
     try:
         return load_config(section.name_or_path, section.trust_remote_code)
@@ -196,8 +217,8 @@ def _model_config(section, plan: Plan):
         reason = first_line(exc)
         if is_hub_id(section.name_or_path):
             plan.add("model", f"{section.name_or_path}: not checked (see the note)")
-            plan.notes.append(f"model '{section.name_or_path}' not checked: the hub is unreachable or the id is "
-                              f"unknown ({reason})")
+            plan.notes.append(f"model '{section.name_or_path}' not checked: {hub_only(section.name_or_path)}the hub "
+                              f"is unreachable or the id is unknown ({reason})")
         else:
             plan.problems.append(f"[model].name_or_path: cannot load '{section.name_or_path}': {reason}")
         return None

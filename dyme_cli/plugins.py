@@ -9,13 +9,16 @@ against the constructor's annotations), and has `verify(completion: str, sample)
 from __future__ import annotations
 
 import inspect
+import os
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from pydantic import ConfigDict, ValidationError, create_model
 
-from .errors import UserError, validation_problem
+from .errors import UserError, UserFacingWarning, first_line, validation_problem
+from .recipe import env_variable
 
 GROUP = "dyme.verifiers"
 
@@ -37,8 +40,20 @@ class PluginInfo:
 
 
 def installed_verifiers() -> dict[str, EntryPoint]:
-    """Entry-point name -> entry point, for every installed verifier plugin."""
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """Entry-point name -> entry point, for every installed verifier plugin. When two packages register one name,
+    the first found is used and a warning names both (one would otherwise shadow the other silently)."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.name in found and found[ep.name].value != ep.value:
+            warnings.warn(f"two installed packages register the verifier '{ep.name}': {_origin(found[ep.name])} "
+                          f"(used) and {_origin(ep)} (ignored)", UserFacingWarning, stacklevel=2)
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _origin(entry_point: EntryPoint) -> str:
+    dist = entry_point.dist
+    return f"{dist.name if dist else '?'} ({entry_point.value})"
 
 
 def plugin_info(entry_point: EntryPoint) -> PluginInfo:
@@ -56,27 +71,50 @@ def load_verifier(name: str, answer_flag: str = "Answer:", options: dict | None 
     """Construct the verifier called `name`, with its options validated; VerifierError on any problem."""
     available = installed_verifiers()
     if name not in available:
-        known = ", ".join(sorted(available)) or "none"
-        raise VerifierError(f"unknown verifier '{name}' (installed: {known})")
+        raise VerifierError(_unknown(name, available))
     try:
         cls = available[name].load()
     except Exception as exc:
         raise VerifierError(f"verifier '{name}' cannot be imported: {type(exc).__name__}: {exc}") from None
-    values = validate_options(name, cls, options or {})
+    values = validate_options(name, cls, from_environment(name, options or {}))
     try:
         return cls(answer_flag=answer_flag, **values)
     except (TypeError, ValueError) as exc:
-        raise VerifierError(f"[verifier.options.{name}]: {exc}") from None
+        raise VerifierError(f"[verifier.options.{name}]: {first_line(exc)}") from None
+    except Exception as exc:  # a third-party constructor failing (a missing resource, a bug) is not dyme's crash
+        raise VerifierError(f"verifier '{name}' failed to start: {type(exc).__name__}: {first_line(exc)}") from None
 
 
-def load_verifiers(tasks: Iterable[str], answer_flag: str, options: dict[str, dict] | None = None) -> dict[str, Any]:
-    """One verifier instance per task name used by the data; `options` maps verifier name -> its options."""
+def _unknown(name: str, available: dict[str, EntryPoint]) -> str:
+    return f"unknown verifier '{name}' (installed: {', '.join(sorted(available)) or 'none'})"
+
+
+def load_verifiers(tasks: Iterable[str] | Mapping[str, str], answer_flag: str, options: dict[str, dict] | None = None
+                   ) -> dict[str, Any]:
+    """One verifier instance per task name used by the data; `options` maps verifier name -> its options. `tasks`
+    may map each task to the file:line of its first sample, which an unknown task's error then names."""
     options = options or {}
+    used_at = dict(tasks) if isinstance(tasks, Mapping) else {}
     tasks = set(tasks)
+    available = installed_verifiers()
+    for task in sorted(tasks - set(available)):
+        if task in used_at:
+            raise VerifierError(f"{used_at[task]}: field 'task': {_unknown(task, available)}")
     for name in sorted(set(options) - tasks):
         if name not in installed_verifiers():
             raise VerifierError(f"[verifier.options.{name}]: unknown verifier '{name}'")
     return {task: load_verifier(task, answer_flag, options.get(task)) for task in sorted(tasks)}
+
+
+def from_environment(name: str, options: dict) -> dict:
+    """Options with every `{ env = "VARIABLE" }` replaced by that variable's value (kept in memory only)."""
+    resolved = {}
+    for key, value in options.items():
+        variable = env_variable(value)
+        if variable is not None and variable not in os.environ:
+            raise VerifierError(f"[verifier.options.{name}].{key}: the environment variable {variable} is not set")
+        resolved[key] = os.environ[variable] if variable is not None else value
+    return resolved
 
 
 def validate_options(name: str, cls: type, options: dict) -> dict:

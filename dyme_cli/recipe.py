@@ -6,14 +6,15 @@ Relative paths in a recipe are resolved against the current working directory.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .data import QUESTION, instruction_template
-from .errors import UserError, validation_problem
+from .data import QUESTION, BadImages, Samples, instruction_template, read_samples
+from .errors import UserError, first_line, validation_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,8 +29,15 @@ class RecipeError(UserError, ValueError):
     """A recipe that cannot be used; the message is one line naming the file and the key."""
 
 
+SECRET_KEY = re.compile(r"(^|_)(key|apikey|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
+MAX_WORKERS = 256  # verifier processes
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every float of a recipe is finite: `lr = inf` or `nan` would train a model of NaNs."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TinyModel(_Section):
@@ -65,6 +73,16 @@ class LoraSection(_Section):
         None, description="regex over module names; default: the language model's attention and MLP projections")
     use_rslora: bool = False
 
+    @field_validator("target_modules")
+    @classmethod
+    def _is_regex(cls, pattern: Optional[str]) -> Optional[str]:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc})") from None
+        return pattern
+
 
 class ModelSection(_Section):
     name_or_path: str = Field(..., description="hub id, local save_pretrained directory, or tiny:<family>")
@@ -87,6 +105,16 @@ class DataSection(_Section):
     test: Optional[Path] = None
     prompt_template: Optional[str] = Field(
         None, description="the user turn's text, with a {question} placeholder; default: the paper's instruction")
+    bad_images: BadImages = Field(
+        "fail", description="what happens to a sample whose image cannot be read: 'fail' stops with an error "
+        "naming it, 'skip' leaves the sample out and reports how many were")
+    allow_external_images: bool = Field(
+        False, description="image paths that are absolute or climb out of the dataset's folder are refused "
+        "unless this is true")
+
+    def read(self, path: Path) -> Samples:
+        """The dataset at `path` (train or test), its images checked by this section's rules."""
+        return read_samples(path, bad_images=self.bad_images, allow_external_images=self.allow_external_images)
 
     @field_validator("prompt_template")
     @classmethod
@@ -97,21 +125,21 @@ class DataSection(_Section):
 
 
 class RolloutSection(_Section):
-    num_generations: int = Field(8, ge=2, description="K rollouts per prompt")
-    temperature: float = Field(1.0, gt=0)
+    num_generations: int = Field(8, ge=2, le=1024, description="K rollouts per prompt")
+    temperature: float = Field(1.0, gt=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0: off")
     repetition_penalty: float = Field(1.0, gt=0, description="1.0: off")
-    max_new_tokens: int = Field(300, ge=1)
-    prompts_per_generate: int = Field(8, ge=1, description="prompts per generate() call")
+    max_new_tokens: int = Field(300, ge=1, le=1_000_000, description="checked against the model's context length")
+    prompts_per_generate: int = Field(8, ge=1, le=65536, description="prompts per generate() call")
 
 
 class TrainSection(_Section):
     algorithm: Literal["dyme", "sft", "grpo", "threshold", "anneal"] = "dyme"
     memorize_below: float = Field(
         0.5, ge=0, le=1, description="algorithm = threshold: memorize while fewer than this fraction of rollouts are correct")
-    max_steps: int = Field(100, ge=1)
-    prompts_per_step: int = Field(32, ge=1)
+    max_steps: int = Field(100, ge=1, le=10_000_000)
+    prompts_per_step: int = Field(32, ge=1, le=65536)
     all_correct: Literal["skip", "explore"] = "skip"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     std_eps: float = Field(1e-4, gt=0)
@@ -131,25 +159,44 @@ class TrainSection(_Section):
 
 
 class OptimSection(_Section):
-    lr: float = Field(8e-5, gt=0)
+    lr: float = Field(8e-5, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward")
+    micro_batch_size: int = Field(8, ge=1, le=65536, description="rows per forward/backward")
 
 
 class VerifierSection(_Section):
     answer_flag: str = Field("Answer:", min_length=1)
-    timeout_s: float = Field(5.0, gt=0, description="per verify call; a slower call counts as a failed verdict")
-    workers: int = Field(2, ge=1, description="verifier worker processes")
-    options: dict[str, dict[str, Any]] = Field({}, description="verifier name -> its options")
+    timeout_s: float = Field(5.0, gt=0, le=86400, description="per verify call; a slower call counts as a failed verdict")
+    workers: int = Field(2, ge=1, le=MAX_WORKERS, description="verifier worker processes")
+    options: dict[str, dict[str, Any]] = Field(
+        {}, description='verifier name -> its options; a secret is written { env = "VARIABLE" } and read from there')
+
+    @field_validator("answer_flag")
+    @classmethod
+    def _not_blank(cls, flag: str) -> str:
+        if not flag.strip():
+            raise ValueError("must not be blank: completions are split at it")
+        return flag
+
+    @field_validator("options")
+    @classmethod
+    def _secrets_from_the_environment(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The recipe is recorded in the run directory: a secret written into it would be copied there."""
+        for verifier, values in options.items():
+            for key, value in values.items():
+                if SECRET_KEY.search(key) and env_variable(value) is None:
+                    raise ValueError(f"{verifier}.{key} looks like a secret: write {key} = {{ env = \"VARIABLE\" }} "
+                                     "and set VARIABLE in the environment, so that it is never written to a run")
+        return options
 
 
 class RunSection(_Section):
     output_dir: Path = Path("runs/dyme")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     save_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_before: bool = False
@@ -157,7 +204,7 @@ class RunSection(_Section):
     eval_every: Optional[int] = Field(
         None, ge=1, description="held-out accuracy on [data].test every N steps, logged as eval_accuracy")
     eval_limit: Optional[int] = Field(None, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(64, ge=1, le=65536)
 
 
 class Recipe(_Section):
@@ -175,6 +222,13 @@ class Recipe(_Section):
         return self.data.prompt_template or instruction_template(self.verifier.answer_flag)
 
 
+def env_variable(value: Any) -> str | None:
+    """The environment variable an option written `{ env = "VARIABLE" }` is read from; None for a plain value."""
+    if isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+        return value["env"]
+    return None
+
+
 def _key_path(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     if len(parts) == 1:
@@ -188,8 +242,14 @@ def load_recipe(path: Path) -> Recipe:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a directory, not a recipe file") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise RecipeError(f"{path}: not valid TOML: {first_line(exc)}") from None
     return recipe_from_dict(raw, source=str(path))
 
 
@@ -207,8 +267,13 @@ def recipe_to_toml(recipe: Recipe) -> str:
     """The resolved recipe (every default filled in, the prompt template too) as TOML, for the run directory."""
     data = recipe.model_dump(mode="json", exclude_none=True)
     data["data"]["prompt_template"] = recipe.prompt_template
+    return toml_text(data)
+
+
+def toml_text(table: dict) -> str:
+    """A recipe-shaped dict as TOML: nested dicts as sections (reward_weights and options inline), None left out."""
     lines: list[str] = []
-    _emit_table(lines, [], data)
+    _emit_table(lines, [], table)
     return "\n".join(lines).strip() + "\n"
 
 
@@ -216,6 +281,7 @@ _INLINE_TABLES = ("reward_weights", "options")
 
 
 def _emit_table(lines: list[str], prefix: list[str], table: dict) -> None:
+    table = {k: v for k, v in table.items() if v is not None}
     scalars = {k: v for k, v in table.items() if not isinstance(v, dict) or k in _INLINE_TABLES}
     if prefix:
         lines.append(f"\n[{'.'.join(prefix)}]")

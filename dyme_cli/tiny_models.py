@@ -156,6 +156,9 @@ def _ids(tokenizer, tokens: _Tokens) -> dict[str, int | None]:
     }
 
 
+CONTEXT_LENGTH = 1024  # positions of every tiny model: prompt + completion
+
+
 def _text_config(spec: TinyModel, vocab: int, ids: dict, **extra) -> dict:
     """The decoder's sizes, shared by every family (multi-head attention, tied embeddings)."""
     return dict(
@@ -165,7 +168,7 @@ def _text_config(spec: TinyModel, vocab: int, ids: dict, **extra) -> dict:
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
-        max_position_embeddings=1024,
+        max_position_embeddings=CONTEXT_LENGTH,
         tie_word_embeddings=True,
         **ids,
         **extra,

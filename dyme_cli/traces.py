@@ -8,7 +8,9 @@ readers use `.get`, since traces from hand-made files or older runs may lack key
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Sequence
+
+from typing_extensions import TypedDict  # pydantic validates it (inspect-traces) on every supported Python
 
 from . import dyme
 from .batch import PromptGroup, StepBatch
@@ -88,7 +90,7 @@ def step_metrics(batch: StepBatch, *, update_stats: dict, timing: dict, lr: floa
     for name in components:
         mean, spread = _mean_std([v.rewards.get(name, 0.0) for v in flat_verdicts])
         metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = mean, spread
-    for key in ("memorize_nll", "clip_fraction", "kl", "memory_state_gib", "memory_peak_gib"):
+    for key in ("nonfinite_updates", "memorize_nll", "clip_fraction", "kl", "memory_state_gib", "memory_peak_gib"):
         if key in update_stats:
             metrics[key] = update_stats[key]
     return metrics

@@ -20,24 +20,27 @@ from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 
 from . import dyme
 from .batch import PromptGroup, StepBatch, Target
-from .data import Sample, read_samples, target_text, user_text
+from .data import Sample, Samples, target_text, task_lines, user_text
 from .dyme import Mode
-from .errors import first_line
+from .errors import UserError, first_line
 from .evaluate import EvalReport, evaluate, trace_writer
 from .losses import StepTotals, policy_loss
-from .modeling import Policy, load_for_recipe, prepare_for_training, resolve_model_path, save_policy
+from .modeling import (ModelLoadError, Policy, check_completion_length, context_length, load_for_recipe,
+                       prepare_for_training, resolve_model_path, save_policy)
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
-from .rundir import METRICS_FILE, RunDir, RunDirError, state_file
+from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RunDir, RunDirError, checkpoint_step, describe_changes, state_file
 from .traces import Trace, step_metrics, step_traces
 from .verify_pool import STOP_SIGNALS, VerifierPool
 
 PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) kept between steps
 FAILURE_REPORTS = 3  # steps with verifier failures reported as messages; later ones are only counted
+NONFINITE_LIMIT = 3  # steps in a row whose update was skipped for a non-finite loss or gradient before the run stops
 
 
 class TrainingInterrupted(Exception):
@@ -49,6 +52,15 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient stayed non-finite: the updates were skipped, and going on would learn nothing."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        since = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(f"step {step}: the loss or gradient was not finite in {NONFINITE_LIMIT} steps in a row "
+                         f"(those updates were skipped); lower [optim].lr or check the rewards; {since}")
 
 
 @dataclass
@@ -234,7 +246,8 @@ def group_row_lengths(group: PromptGroup) -> list[int]:
 def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
     """num_iterations optimizer steps on the rows, micro-batched with gradient accumulation."""
     recipe, model = engine.recipe, engine.policy.model
-    stats: dict = {"loss": None, "grad_norm": None, "rows": len(rows), "tokens": sum(len(r.completion_ids) for r in rows)}
+    stats: dict = {"loss": None, "grad_norm": None, "rows": len(rows), "tokens": sum(len(r.completion_ids) for r in rows),
+                   "nonfinite_updates": 0}
     if rows:
         micro = chunked(rows, recipe.optim.micro_batch_size)
         pad, temperature = engine.policy.pad_token_id, recipe.rollout.temperature
@@ -242,6 +255,8 @@ def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
         ref = frozen_logprobs(engine.reference, micro, pad, temperature) if engine.reference else None
         for _ in range(recipe.train.num_iterations):
             stats.update(optimizer_step(engine, micro, totals, old, ref))
+            if stats["nonfinite_updates"]:
+                break  # the weights did not move: another iteration would compute the same non-finite loss
     with warnings.catch_warnings():
         # A step with nothing to learn (every group skipped) still advances the schedule: lr is a function
         # of the step number, which torch's "scheduler before optimizer" warning does not know.
@@ -271,10 +286,14 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
         nll_sum -= float((logp.detach() * mask)[memorized].sum())
         nll_tokens += float(mask[memorized].sum())
         kl_sum += info.get("kl", 0.0) * len(batch)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
-    engine.optimizer.step()
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm))
+    finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+    if finite:
+        engine.optimizer.step()
+    else:  # one NaN/inf gradient would make every weight NaN: skip the update, count it (run_steps stops a streak)
+        engine.optimizer.zero_grad(set_to_none=True)
     forwarded = sum(len(batch) for batch in micro)
-    out = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_fraction": clip_sum / forwarded,
+    out = {"loss": loss_sum, "grad_norm": grad_norm, "nonfinite_updates": int(not finite), "clip_fraction": clip_sum / forwarded,
            "memorize_nll": nll_sum / nll_tokens if nll_tokens else None,
            "memory_state_gib": state_bytes(model, engine.optimizer) / 2**30, "memory_peak_gib": peak_bytes() / 2**30}
     if train_cfg.beta > 0:
@@ -412,10 +431,12 @@ def load_state(path: Path) -> dict:
 
 
 class StopRequest:
-    """The first stop signal asks the loop to stop after the current step (and checkpoint); a second one aborts."""
+    """The first stop signal asks the loop to stop after the current step (and checkpoint), and says so at once,
+    since a step can be long; a second one aborts."""
 
-    def __init__(self):
+    def __init__(self, on_message: Callable[[str], None] = lambda message: None):
         self.signum: int | None = None
+        self.on_message = on_message
         self._previous: dict[int, object] = {}
 
     @property
@@ -433,6 +454,8 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.signum = signum
+        self.on_message(f"{signal.Signals(signum).name}: stopping after the current step with a checkpoint; "
+                        "send it again to stop at once without one")
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
@@ -449,62 +472,183 @@ def train(
     output_dir: Path | None = None,
     max_steps: int | None = None,
     resume: bool = False,
+    allow_recipe_change: bool = False,
     on_step: Callable[[int, int, dict], None] | None = None,
     on_message: Callable[[str], None] = lambda message: None,
 ) -> TrainResult:
+    """Train `recipe` into its run directory (`output_dir` overrides `[run].output_dir`), or continue the run there
+    (`resume`), holding the directory's lock throughout. Every refusal comes before anything is written: another
+    process training there, a new run where one is recorded, a resumed one whose recipe changes what it trains
+    (unless `allow_recipe_change`)."""
     run = RunDir(Path(output_dir or recipe.run.output_dir))
     total = max_steps or recipe.train.max_steps
-    run.create(recipe_to_toml(recipe))
+    recipe_toml = recipe_to_toml(recipe)
+    with run.locked():
+        changes = check_run_dir(run, recipe_toml, resume, allow_recipe_change)
+        samples = recipe.data.read(recipe.data.train)
+        test_samples = recipe.data.read(recipe.data.test) if recipe.data.test else Samples()
+        for skipped in filter(None, (samples.skip_note(), test_samples.skip_note())):
+            on_message(skipped)
+        verifiers = load_verifiers(task_lines(samples, test_samples), recipe.verifier.answer_flag,
+                                   recipe.verifier.options)
 
-    samples = read_samples(recipe.data.train)
-    test_samples = read_samples(recipe.data.test) if recipe.data.test else []
-    verifiers = load_verifiers([s.task for s in samples + test_samples], recipe.verifier.answer_flag, recipe.verifier.options)
+        torch.manual_seed(recipe.run.seed)
+        random.seed(recipe.run.seed)
+        texts = [user_text(s, recipe.prompt_template) + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
+        base_path = base_model(recipe, run, texts)
+        start = starting_point(recipe, run, base_path, resume, on_message)
+        policy = start.policy
+        prepare_for_training(policy, recipe.model)
 
-    torch.manual_seed(recipe.run.seed)
-    random.seed(recipe.run.seed)
-    checkpoints = run.checkpoints_for(resume)
-    if resume and not checkpoints:
+        check_completion_length(recipe.rollout.max_new_tokens, context_length(policy.model.config))
+        warn_long_targets(policy, samples, recipe, on_message)
+        record_start(run, recipe_toml, start, changes, on_message)
+        run.record_generation({"max_new_tokens": recipe.rollout.max_new_tokens,
+                               "num_return_sequences": recipe.rollout.num_generations, **rollout_sampling(recipe),
+                               "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
+                               "suppress_tokens": policy.blocked_token_ids})
+        # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the
+        # forward passes run under accelerate's autocast in bf16/fp16.
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision)
+        optimizer, scheduler = build_optimizer(policy.model, recipe, total)
+        policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+        policy.model.train()
+        reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
+        pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
+        engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name)
+        with pool:
+            return run_steps(engine, run, start.checkpoint, test_samples, total, on_step, on_message)
+
+
+def check_run_dir(run: RunDir, recipe_toml: str, resume: bool, allow_recipe_change: bool) -> list[str]:
+    """Refuse what would overwrite or mix with the record in `run`: a new run where anything is recorded, a resumed
+    one whose recipe changes what the run trains (RunDir.recipe_changes) unless the user allows it. Returns the
+    changes allowed, for record_start."""
+    if not resume:
+        run.check_new()
+        return []
+    changes = run.recipe_changes(recipe_toml)
+    if changes and not allow_recipe_change:
+        raise RunDirError(f"{run.path} was trained with another recipe: {describe_changes(changes)}; resume with "
+                          f"{run.recipe_file}, pass --allow-recipe-change to go on with this one, "
+                          "or choose another --output")
+    return changes
+
+
+def base_model(recipe: Recipe, run: RunDir, texts: list[str]) -> str:
+    """Where the run's starting model is (modeling.resolve_model_path). A tiny model or a GGUF conversion is built
+    aside and renamed into base-model/ (RunDir.new_base_model); one there already is used as it is."""
+    if run.base_model_dir.exists():
+        return resolve_model_path(recipe.model, run.base_model_dir, texts, recipe.run.seed)
+    with run.new_base_model() as building:
+        path = resolve_model_path(recipe.model, building, texts, recipe.run.seed)
+    return str(run.base_model_dir.resolve()) if run.base_model_dir.exists() else path
+
+
+@dataclass
+class Start:
+    """What a run starts from: the policy, the checkpoint it was loaded from (None: the base model), and the newer
+    checkpoints passed over because they did not load, each with why."""
+
+    policy: Policy
+    checkpoint: Path | None = None
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def starting_point(recipe: Recipe, run: RunDir, base_path: str, resume: bool,
+                   on_message: Callable[[str], None]) -> Start:
+    """Resuming, the newest checkpoint that loads, with the damaged newer ones passed over (RunDirError when none
+    loads); otherwise the base model."""
+    entries = run.checkpoint_entries() if resume else []
+    if resume and not entries:
         on_message(f"no checkpoint in {run.path}; starting from scratch")
-    texts = [user_text(s, recipe.prompt_template) + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
-    base_path = resolve_model_path(recipe.model, run.base_model_dir, texts, recipe.run.seed)
-    # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
-    policy = load_for_recipe(recipe.model, str(checkpoints[-1]) if checkpoints else base_path, merge_adapter=False)
-    prepare_for_training(policy, recipe.model)
-
-    warn_long_targets(policy, samples, recipe, on_message)
-    run.record_generation({"max_new_tokens": recipe.rollout.max_new_tokens,
-                           "num_return_sequences": recipe.rollout.num_generations, **rollout_sampling(recipe),
-                           "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
-                           "suppress_tokens": policy.blocked_token_ids})
-    # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
-    # passes run under accelerate's autocast in bf16/fp16.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision)
-    optimizer, scheduler = build_optimizer(policy.model, recipe, total)
-    policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
-    policy.model.train()
-    reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
-    pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
-    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name)
-    with pool:
-        return run_steps(engine, run, checkpoints, test_samples, total, on_step, on_message)
+    if not entries:
+        return Start(load_base(recipe, run, base_path))
+    damaged: list[tuple[Path, str]] = []
+    for checkpoint in reversed(entries):
+        try:
+            return Start(load_checkpoint(recipe, checkpoint), checkpoint, damaged)
+        except RunDirError as exc:
+            damaged.append((checkpoint, str(exc)))
+    (newest, why), older = damaged[0], len(damaged) - 1
+    raise RunDirError(f"{run.path}: no intact checkpoint to resume from: {CHECKPOINTS_DIR}/{newest.name} is damaged "
+                      f"({why})" + (f", and {older} older one(s) too" if older else "")
+                      + f"; move {CHECKPOINTS_DIR}/ aside to start over, or choose another --output")
 
 
-def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples: list[Sample], total: int,
+STATE_KEYS = ("step", "optimizer", "scheduler", "rng")  # what save_checkpoint writes and restore_state reads
+LOAD_ERRORS = (ModelLoadError, SafetensorError, OSError, RuntimeError)  # weights that are missing, cut short, garbled
+
+
+def load_checkpoint(recipe: Recipe, checkpoint: Path) -> Policy:
+    """The policy saved in `checkpoint`, once its trainer state was read and found to be its step's (then dropped:
+    restore_state reads it again when the optimizer exists); RunDirError saying what is damaged otherwise."""
+    if not checkpoint.is_dir():
+        raise RunDirError("not a directory")
+    check_state(state_file(checkpoint), checkpoint_step(checkpoint))
+    try:
+        # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
+        return load_for_recipe(recipe.model, str(checkpoint), merge_adapter=False)
+    except LOAD_ERRORS as exc:
+        raise RunDirError(f"its weights do not load: {first_line(exc)}") from None
+
+
+def check_state(path: Path, step: int) -> None:
+    """RunDirError unless `path` holds a trainer state as save_checkpoint writes it, of training step `step`."""
+    state = load_state(path)
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise RunDirError(f"{path}: not a trainer state")
+    if state["step"] != step:
+        raise RunDirError(f"{path}: the trainer state of step {state['step']}, not of step {step}")
+
+
+def load_base(recipe: Recipe, run: RunDir, base_path: str) -> Policy:
+    """The starting policy of a run without a checkpoint. A base-model/ that does not load was left half-built (by
+    a dyme that built it in place) or damaged: say what to delete."""
+    try:
+        return load_for_recipe(recipe.model, base_path, merge_adapter=False)
+    except LOAD_ERRORS as exc:
+        if Path(base_path) != run.base_model_dir.resolve():
+            raise
+        raise RunDirError(f"{run.base_model_dir} is half-built or damaged: delete it (it is built again from the "
+                          f"recipe) and run again with --resume ({first_line(exc)})") from None
+
+
+def record_start(run: RunDir, recipe_toml: str, start: Start, changes: list[str],
+                 on_message: Callable[[str], None]) -> None:
+    """Write what the checks let through: damaged checkpoints set aside (RunDir.set_aside), and the recipe, the
+    recorded one kept when the user allowed a change."""
+    for checkpoint, why in start.damaged:
+        kept = run.set_aside(checkpoint)
+        on_message(f"{CHECKPOINTS_DIR}/{checkpoint.name} is damaged ({why}); kept as {CHECKPOINTS_DIR}/{kept.name}; "
+                   f"resuming from {start.checkpoint.name}")
+    if changes:
+        step = checkpoint_step(start.checkpoint) if start.checkpoint else 0
+        kept = run.keep_recipe(step)
+        on_message(f"the recipe changes what the run trains ({describe_changes(changes)}); going on with it as "
+                   f"allowed; the recipe of the steps up to {step} is kept as {kept}")
+    run.record_recipe(recipe_toml)
+
+
+def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples: list[Sample], total: int,
               on_step: Callable[[int, int, dict], None] | None, on_message: Callable[[str], None]) -> TrainResult:
     recipe = engine.recipe
     start = 0
-    if checkpoints:
-        start = restore_state(engine, checkpoints[-1])
-        on_message(f"resumed from {checkpoints[-1]} (step {start})")
+    if checkpoint:
+        start = restore_state(engine, checkpoint)
+        on_message(f"resumed from {checkpoint} (step {start})")
     for note in run.truncate_logs(start):
         on_message(note)
 
-    result = TrainResult(run.path, start, checkpoints[-1] if checkpoints else None)
+    result = TrainResult(run.path, start, checkpoint)
+    if start >= total:
+        on_message(f"the run is already at step {start} of {total}: nothing to train; raise [train].max_steps "
+                   "(or pass --max-steps) to train further")
     if recipe.run.eval_before and test_samples and start == 0:
         result.before = run_eval(engine, test_samples, run, 0)
 
-    failure_reports = 0
-    with StopRequest() as stop:
+    failure_reports, nonfinite_streak = 0, 0
+    with StopRequest(on_message) as stop:
         for step in range(start + 1, total + 1):
             outcome = dyme_step(engine, step)
             if evaluates_at(recipe, step, total) and test_samples:
@@ -515,6 +659,9 @@ def run_steps(engine: Engine, run: RunDir, checkpoints: list[Path], test_samples
             run.append_metrics(outcome.metrics)
             run.append_traces(outcome.traces)
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
+            nonfinite_streak = nonfinite_streak + 1 if outcome.metrics["nonfinite_updates"] else 0
+            if nonfinite_streak == NONFINITE_LIMIT:
+                raise TrainingDiverged(step, result.checkpoint)
             result.steps = step
             if step % recipe.run.save_every == 0 or step == total:
                 result.checkpoint = save_checkpoint(engine, run, step)

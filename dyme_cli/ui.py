@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .errors import BadArgument
+
 console = Console()
 err_console = Console(stderr=True)
 USER_ERROR = 2  # exit code for mistakes in what the user gave us
+IMAGE_BAR_MIN = 1000  # images to decode before checking them gets a progress bar (fewer take seconds)
 
 
 def fail(message: str, code: int = USER_ERROR) -> None:
     """Print one error line (markup-safe) and exit."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def output_file(path: Path | None, option: str, overwrite: bool = True) -> Path | None:
+    """Check an output file option before any work is done, so that a bad path does not lose a finished result:
+    BadArgument when it is a directory, lies under a file, or (unless `overwrite`) would replace a non-empty file."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise BadArgument(f"{option} {path}: is a directory; give a file name")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise BadArgument(f"{option} {path}: {blocking} is a file, not a folder")
+    if not overwrite and path.is_file() and path.stat().st_size:
+        raise BadArgument(f"{option} {path}: the file exists and is not empty; give a new file name")
+    return path
 
 
 def note(message: str) -> None:
@@ -37,3 +59,23 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def image_check_progress() -> Iterator[Callable[[int, int], None]]:
+    """An `on_progress` for data.read_samples: a bar once IMAGE_BAR_MIN or more images need decoding, else nothing."""
+    progress, task = progress_bar(), None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if task is None and total >= IMAGE_BAR_MIN:
+            progress.start()
+            task = progress.add_task("checking images", total=total, stats="")
+        if task is not None:
+            progress.update(task, completed=done)
+
+    try:
+        yield on_progress
+    finally:
+        if task is not None:  # stopping a bar never shown would still print a blank line
+            progress.stop()

@@ -15,6 +15,14 @@ import real_weights  # noqa: E402  (bench/real_weights.py: SmolLM2-135M-Instruct
 PLUGINS = Path(__file__).resolve().parent / "plugins"  # a third-party verifier distribution (*.dist-info + module)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_image_cache(tmp_path_factory):
+    """The suite remembers its verified images in a folder of its own, not in the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerator_state():
     """accelerate keeps one process-wide state (mixed precision, device); a test run trains many times in one

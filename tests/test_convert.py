@@ -377,7 +377,10 @@ def _jsonl_source(tmp_path):
         {"q": "Empty?", "a": "", "img": "pics/a.png", "i": "x3"},
         {"q": "Where?", "a": "left", "img": "pics/missing.png", "i": "x4"},
         {"q": "Again?", "a": "yes", "img": "pics/a.png", "i": "x1"},
+        {"q": "Private?", "a": "yes", "img": str(tmp_path / "private.png"), "i": "x5"},  # absolute, outside: refused
+        {"q": "Outside?", "a": "yes", "img": "../private.png", "i": "x6"},  # exists, but outside the input's folder
     ]
+    (tmp_path / "private.png").write_bytes(_image("blue"))
     lines = [json.dumps(r) for r in rows]
     lines.insert(2, "{not json")
     (folder / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -399,8 +402,8 @@ def test_jsonl_with_a_field_map(tmp_path):
     ]
     assert images == [[_image("red")], [_image("red"), _image("blue")]]
     assert _text(result) == (
-        f"wrote 2 samples to {out / 'train.jsonl'}; skipped 4 rows "
-        "(invalid JSON line: 1, empty answer: 1, missing image: 1, duplicate id: 1)"
+        f"wrote 2 samples to {out / 'train.jsonl'}; skipped 6 rows (image path outside the input's folder: 2, "
+        "invalid JSON line: 1, empty answer: 1, missing image: 1, duplicate id: 1)"
     )
 
 

@@ -59,6 +59,32 @@ def test_options_are_validated_and_converted():
         load_verifiers(["chart"], "Answer:", {"nope": {}})
 
 
+def test_a_plugin_whose_constructor_raises_is_a_one_line_error(example_plugin, tmp_path):
+    with pytest.raises(VerifierError) as info:
+        load_verifier("broken")
+    assert str(info.value) == "verifier 'broken' failed to start: RuntimeError: cannot open the answer key"
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"completion": "Answer: 1", "expect": True, "sample": {
+        "id": "a", "task": "broken", "question": "q", "answer": "1"}}) + "\n")
+    result = runner.invoke(app, ["verifiers", "check", "broken", "--cases", str(cases)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == ["error: verifier 'broken' failed to start: RuntimeError: cannot open the answer key"]
+
+
+def test_two_packages_registering_one_name_are_named_in_a_warning(example_plugin, monkeypatch, tmp_path):
+    """A second distribution that registers `exact` must not silently replace (or be replaced by) the first."""
+    dist = tmp_path / "other_exact-2.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: other-exact\nVersion: 2.0\n")
+    (dist / "entry_points.txt").write_text("[dyme.verifiers]\nexact = other_exact:Exact\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(app, ["verifiers", "list", "--json"])
+    assert result.exit_code == 0
+    warning = " ".join(result.output.split())
+    assert "note: two installed packages register the verifier 'exact':" in warning
+    assert "other-exact (other_exact:Exact)" in warning and "dyme-example-plugin (dyme_example_plugin:ExactVerifier)" in warning
+
+
 def _data_for(task, chart_data, tmp_path):
     """The chart data relabelled so that `task` verifies it."""
     samples = read_samples(chart_data / "train.jsonl")[:8]
@@ -117,3 +143,31 @@ def test_the_readme_plugin_example_works():
     assert not verifier.verify("Answer: 3 m", sample).correct
     assert not verifier.verify("Answer: three", sample).correct
     assert validate_options("units", namespace["UnitsVerifier"], {"relative_tolerance": "0.1"}) == {"relative_tolerance": 0.1}
+
+
+SECRET = "sk-live-0123456789"
+
+
+def test_a_secret_option_is_read_from_the_environment_and_never_written(example_plugin, chart_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYME_TEST_KEY", SECRET)
+    recipe = _recipe(chart_data, tmp_path, "keyed", options={"keyed": {"api_key": {"env": "DYME_TEST_KEY"}}})
+    train(recipe)
+    run = tmp_path / "run"
+    traces = [json.loads(line) for line in (run / "traces.jsonl").read_text().splitlines()]
+    details = {t["detail"] for t in traces if t["kind"] == "rollout"}
+    assert details == {f"called with a key of {len(SECRET)} characters"}  # the plugin got the value
+    written = [path for path in run.rglob("*") if path.is_file() and SECRET.encode() in path.read_bytes()]
+    assert written == [] and 'api_key" = {"env" = "DYME_TEST_KEY"}' in (run / "recipe.toml").read_text()
+
+
+def test_a_secret_written_into_a_recipe_or_a_missing_variable_is_a_one_line_error(example_plugin, chart_data, tmp_path):
+    from dyme_cli.recipe import RecipeError, recipe_from_dict, recipe_to_toml
+
+    recipe = _recipe(chart_data, tmp_path, "keyed", options={"keyed": {"api_key": {"env": "DYME_TEST_UNSET_KEY"}}})
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text(recipe_to_toml(recipe))
+    result = runner.invoke(app, ["train", str(recipe_file), "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "[verifier.options.keyed].api_key: the environment variable DYME_TEST_UNSET_KEY is not set" in result.output
+    with pytest.raises(RecipeError, match=r'keyed.api_key looks like a secret: write api_key = \{ env = "VARIABLE" \}'):
+        recipe_from_dict({**recipe.model_dump(mode="json"), "verifier": {"options": {"keyed": {"api_key": SECRET}}}})

@@ -28,9 +28,11 @@ def test_sigterm_and_sighup_finish_the_step_checkpoint_and_stop_like_ctrl_c(tmp_
         if step == 2:
             os.kill(os.getpid(), signum)
 
+    messages = []
     with pytest.raises(TrainingInterrupted) as info:
-        train(recipe, on_step=preempted)
+        train(recipe, on_step=preempted, on_message=messages.append)
     assert info.value.step == 2 and info.value.checkpoint.name == "step-000002"
+    assert f"{signal.Signals(signum).name}: stopping after the current step with a checkpoint" in messages[-1]
     assert info.value.signum == signum and info.value.exit_code == 128 + signum
     assert {s: signal.getsignal(s) for s in before} == before  # every handler restored
     assert train(recipe, resume=True).steps == 4
@@ -104,3 +106,74 @@ def test_a_damaged_log_line_before_the_last_is_a_one_line_error(tmp_path, chart_
     recipe.train.max_steps = 3
     with pytest.raises(RunDirError, match=f"{metrics}:1: not a log record"):
         train(recipe, resume=True)
+
+
+def _poisoned_loss(monkeypatch, steps_to_poison: set[int]):
+    """Make the loss NaN in the given steps (what an overflowing model or a bad reward would produce)."""
+    import dyme_cli.trainer as trainer
+
+    real, step = trainer.policy_loss, {"now": 0}
+    real_step = trainer.dyme_step
+
+    def counting_step(engine, n):
+        step["now"] = n
+        return real_step(engine, n)
+
+    def loss(*args, **kwargs):
+        value, info = real(*args, **kwargs)
+        return (value * float("nan") if step["now"] in steps_to_poison else value), info
+
+    monkeypatch.setattr(trainer, "policy_loss", loss)
+    monkeypatch.setattr(trainer, "dyme_step", counting_step)
+
+
+def _weights(checkpoint):
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def test_a_non_finite_update_is_skipped_counted_and_the_weights_stay_finite(tmp_path, chart_data, monkeypatch):
+    import math
+
+    import torch
+
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=3)
+    recipe.run.save_every = 1
+    _poisoned_loss(monkeypatch, {3})
+    train(recipe)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    strict = [json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl")) for line in lines]
+    assert [m["nonfinite_updates"] for m in strict] == [0, 0, 1]
+    assert strict[2]["loss"] is None and math.isfinite(strict[1]["loss"])
+    before, after = (_weights(tmp_path / "run" / "checkpoints" / f"step-00000{n}") for n in (2, 3))
+    assert all(torch.isfinite(t).all() and torch.equal(t, before[name]) for name, t in after.items())
+
+
+def test_a_streak_of_non_finite_updates_stops_the_run_with_one_line(tmp_path, chart_data, monkeypatch):
+    from dyme_cli.trainer import NONFINITE_LIMIT
+
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=8)
+    _poisoned_loss(monkeypatch, set(range(3, 9)))
+    recipe_file = tmp_path / "recipe.toml"
+    from dyme_cli.recipe import recipe_to_toml
+
+    recipe_file.write_text(recipe_to_toml(recipe))
+    result = runner.invoke(app, ["train", str(recipe_file)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert f"step {2 + NONFINITE_LIMIT}: the loss or gradient was not finite in {NONFINITE_LIMIT} steps in a row" in message
+    assert "step-000004" in message and "[rollout].max_new_tokens" in message  # markup-safe messages
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2 + NONFINITE_LIMIT
+
+
+def test_resuming_a_finished_run_says_so_instead_of_showing_an_empty_bar(tmp_path, chart_data):
+    from dyme_cli.recipe import recipe_to_toml
+
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text(recipe_to_toml(small_recipe(chart_data, tmp_path / "run", max_steps=1)))
+    assert runner.invoke(app, ["train", str(recipe_file)]).exit_code == 0
+    again = runner.invoke(app, ["train", str(recipe_file), "--resume"])
+    assert again.exit_code == 0
+    assert "the run is already at step 1 of 1: nothing to train" in " ".join(again.output.split())
+    assert "0/1" not in again.output and "starting" not in again.output

@@ -11,8 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console, err_console, progress_bar, quiet_transformers
-
+from ..ui import console, err_console, image_check_progress, output_file, progress_bar, quiet_transformers
 
 def eval_command(
     checkpoints: list[str] = typer.Option(
@@ -31,19 +30,26 @@ def eval_command(
         "checkpoint's run recorded, else the paper's instruction with --answer-flag)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
     traces_out: Optional[Path] = typer.Option(
-        None, "--traces", help="Write every completion to this JSONL file, in the training trace format."),
+        None, "--traces", help="Write every completion to this new (or empty) JSONL file, in the training trace format."),
+    allow_external_images: bool = typer.Option(
+        False, "--allow-external-images",
+        help="Accept image paths in --data that are absolute or lead out of the dataset's folder."),
 ) -> None:
     """Accuracy, pass@K, format and length of one or more checkpoints, per task and question kind."""
-    from ..data import QUESTION, read_samples
+    from ..data import QUESTION, read_samples, task_lines
     from ..evaluate import EvalReport, prompt_template_for
     from ..plugins import load_verifiers
     from ..verify_pool import VerifierPool
 
     quiet_transformers()
+    output_file(json_out, "--json")
+    output_file(traces_out, "--traces", overwrite=False)  # it could be a run's own traces.jsonl
     if prompt_template is not None and QUESTION not in prompt_template:
         raise BadArgument(f"--prompt-template must contain {QUESTION}")
-    samples = read_samples(data)[:limit]
-    verifiers = load_verifiers([verifier] if verifier else [s.task for s in samples], answer_flag)
+    with image_check_progress() as on_progress:
+        dataset = read_samples(data, allow_external_images=allow_external_images, on_progress=on_progress)
+    samples = dataset[:limit]
+    verifiers = load_verifiers([verifier] if verifier else task_lines(dataset), answer_flag)
     labels = _checkpoint_labels(checkpoints)
     reports: dict[str, EvalReport] = {}
     if traces_out:

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console, err_console, note
+from ..ui import console, err_console, note, output_file
 
 
 def inspect_traces(
@@ -33,6 +33,7 @@ def inspect_traces(
 
     if flag is not None and flag not in FLAGS:
         raise BadArgument(f"unknown flag '{flag}' (flags: {', '.join(FLAGS)})")
+    output_file(html_out, "--html")
     result = inspect(path, data=data, steps=parse_steps(steps), mode=mode, answer_flag=answer_flag)
     for message in result.notes:
         note(message)

@@ -17,13 +17,19 @@ def train(
     output: Optional[Path] = typer.Option(None, "--output", help="Run directory (default: \\[run].output_dir)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override \\[train].max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run directory."),
+    allow_recipe_change: bool = typer.Option(
+        False, "--allow-recipe-change", help="With --resume: go on although the recipe changes what the run trains "
+        "(beyond its length, checkpointing and evaluation); the recorded recipe is kept as recipe.toml.step-N."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Check data, verifiers, model and batch sizes and print the plan; train nothing."),
 ) -> None:
     """Train a model with DyME (or the SFT / GRPO baselines) from a TOML recipe."""
+    from ..errors import BadArgument, UserError
     from ..recipe import load_recipe
     from ..trainer import TrainingInterrupted, train as run_training
 
+    if allow_recipe_change and not resume:
+        raise BadArgument("--allow-recipe-change goes with --resume: a new run has no recorded recipe to change")
     recipe = load_recipe(recipe_path)
     quiet_transformers()
     if dry_run:
@@ -40,13 +46,20 @@ def train(
 
         try:
             result = run_training(
-                recipe, output_dir=output, max_steps=max_steps, resume=resume, on_step=on_step,
-                on_message=lambda m: progress.console.print(m),
+                recipe, output_dir=output, max_steps=max_steps, resume=resume,
+                allow_recipe_change=allow_recipe_change, on_step=on_step,
+                on_message=lambda m: progress.console.print(escape(m), soft_wrap=True),
             )
         except TrainingInterrupted as exc:
             progress.stop()
             err_console.print(f"[yellow]{escape(str(exc))}[/]; continue with --resume")
             raise typer.Exit(exc.exit_code)
+        except UserError:
+            if not history:  # refused before its first step: the error is the one line left, no empty bar above it
+                progress.live.transient = True
+            raise
+        if not history:  # a finished run resumed: nothing trained, the trainer's message says so
+            progress.live.transient = True
     _print_summary(result, history)
 
 

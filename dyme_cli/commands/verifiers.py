@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console
+from ..ui import console, image_check_progress
 
 app = typer.Typer(help="Verifier plugins: list the installed ones, check and calibrate one.", no_args_is_help=True)
 
@@ -62,7 +62,8 @@ def verifiers_check(
     if calibrate and data is None:
         raise BadArgument("--calibrate needs --data FILE.jsonl")
     verifier = load_verifier(name, answer_flag, _parse_options(options))
-    loaded = read_cases(cases, name) if cases else read_samples(data)
+    with image_check_progress() as on_progress:  # no bar in --json output
+        loaded = read_cases(cases, name) if cases else read_samples(data, on_progress=None if as_json else on_progress)
     with VerifierPool({name: verifier}, timeout_s=timeout_s, workers=2) as pool:
         if calibrate:
             _print_calibration(name, run_calibration(pool, name, loaded, answer_flag).to_dict(), as_json)

@@ -421,6 +421,8 @@ def _image_bytes(value: Any, base: Optional[Path]) -> bytes:
     if not value or not isinstance(value, str):
         raise Skip("missing image")
     path = Path(value) if base is None else base / value
+    if base is not None and not path.resolve().is_relative_to(base.resolve()):
+        raise Skip("image path outside the input's folder")  # a downloaded file must not pull in the user's files
     if not path.is_file():
         raise Skip("missing image")
     return path.read_bytes()

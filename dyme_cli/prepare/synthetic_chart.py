@@ -194,6 +194,8 @@ def generate(
     kinds: tuple[str, ...] = KINDS,
 ) -> dict[str, int]:
     """Write train.jsonl, test.jsonl and images/ under `out`. Same seed, same bytes."""
+    if n_train < 0 or n_test < 0:
+        raise BadArgument("n_train and n_test must be at least 0")
     if not 3 <= min_bars <= max_bars <= len(PALETTE):
         raise BadArgument(f"bars must satisfy 3 <= min <= max <= {len(PALETTE)}")
     if max_value < max_bars:

@@ -7,8 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from pydantic import TypeAdapter, ValidationError
+
 from .. import dyme
-from ..data import jsonl_records
+from ..data import DataError, jsonl_records
+from ..errors import validation_problem
 from ..traces import Trace
 from .records import FLAGS, Flag
 
@@ -122,8 +125,21 @@ def summarize(traces: list[Trace], flags: list[list[Flag]], windows: int = 10) -
 
 
 def load_traces(path: str | Path) -> list[Trace]:
-    """Every JSON object of a traces JSONL file; a bad line raises DataError naming file:line."""
-    return [record for _, record in jsonl_records(Path(path), "traces")]
+    """Every trace of a traces JSONL file; a line that is not a JSON object, or whose fields have the wrong types,
+    raises DataError naming file:line and the field."""
+    return [_typed_trace(record, f"{path}:{lineno}") for lineno, record in jsonl_records(Path(path), "traces")]
+
+
+_TRACE = TypeAdapter(Trace)
+
+
+def _typed_trace(record: dict, where: str) -> Trace:
+    try:
+        _TRACE.validate_python(record, strict=True)
+    except ValidationError as exc:
+        loc, msg = validation_problem(exc)
+        raise DataError(f"{where}: field '{'.'.join(str(p) for p in loc)}': {msg}") from None
+    return record  # as written: validation only checks the types (and keeps keys the Trace type does not name)
 
 
 def filter_traces(

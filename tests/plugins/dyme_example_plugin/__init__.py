@@ -1,7 +1,8 @@
 """A third-party verifier package, as someone would publish it: it depends only on dyme's public helpers.
 
 `exact` is the example plugin. `hang`, `crash` and `die` misbehave on purpose, to test that the engine
-survives plugins that never return, raise, or kill their process.
+survives plugins that never return, raise, or kill their process; `broken` cannot even be constructed. `keyed`
+needs a secret option (as a verifier calling a paid API would).
 """
 
 import os
@@ -46,3 +47,25 @@ class ExitingVerifier(ExactVerifier):
 
     def verify(self, completion, sample):
         os._exit(3)
+
+
+class BrokenVerifier(ExactVerifier):
+    name = "broken"
+    description = "Fails in its constructor (a missing resource)."
+
+    def __init__(self, answer_flag: str = "Answer:"):
+        raise RuntimeError("cannot open the answer key")
+
+
+class KeyedVerifier(ExactVerifier):
+    name = "keyed"
+    description = "Needs an API key (a verifier calling a paid service)."
+
+    def __init__(self, answer_flag: str = "Answer:", api_key: str = ""):
+        super().__init__(answer_flag)
+        self.api_key = api_key
+
+    def verify(self, completion, sample):
+        verdict = super().verify(completion, sample)
+        verdict.detail = f"called with a key of {len(self.api_key)} characters"
+        return verdict
