@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .data import DataError, Sample, task_lines, user_text
 from .errors import first_line
@@ -34,12 +35,14 @@ class Plan:
         self.facts.append((what, str(value)))
 
 
-def dry_run(recipe: Recipe, max_steps: int | None = None) -> Plan:
-    """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given)."""
+def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callable[[int, int], None] | None = None
+            ) -> Plan:
+    """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given); `on_image_check` as
+    in data.read_samples."""
     if max_steps:
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": max_steps})})
     plan = Plan()
-    tasks, first = _check_data(recipe, plan)
+    tasks, first = _check_data(recipe, plan, on_image_check)
     _check_verifiers(recipe, tasks, plan)
     _check_batches(recipe, plan)
     _check_precision(recipe, plan)
@@ -62,7 +65,8 @@ def _check_context(recipe: Recipe, plan: Plan, config, prompt_tokens: int) -> No
         plan.problems.append(str(exc))
 
 
-def _check_data(recipe: Recipe, plan: Plan) -> tuple[dict[str, str], Sample | None]:
+def _check_data(recipe: Recipe, plan: Plan, on_image_check: Callable[[int, int], None] | None
+                ) -> tuple[dict[str, str], Sample | None]:
     """The tasks the data uses (-> the file:line of their first sample), and the first training sample (None when
     the training data is unusable)."""
     tasks: dict[str, str] = {}
@@ -71,7 +75,7 @@ def _check_data(recipe: Recipe, plan: Plan) -> tuple[dict[str, str], Sample | No
         if path is None:
             continue
         try:
-            samples = recipe.data.read(path)
+            samples = recipe.data.read(path, on_image_check)
         except DataError as exc:
             plan.problems.append(str(exc))
             continue

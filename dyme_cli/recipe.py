@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -112,9 +112,11 @@ class DataSection(_Section):
         False, description="image paths that are absolute or climb out of the dataset's folder are refused "
         "unless this is true")
 
-    def read(self, path: Path) -> Samples:
-        """The dataset at `path` (train or test), its images checked by this section's rules."""
-        return read_samples(path, bad_images=self.bad_images, allow_external_images=self.allow_external_images)
+    def read(self, path: Path, on_progress: Callable[[int, int], None] | None = None) -> Samples:
+        """The dataset at `path` (train or test), its images checked by this section's rules (`on_progress` as in
+        data.read_samples)."""
+        return read_samples(path, bad_images=self.bad_images, allow_external_images=self.allow_external_images,
+                            on_progress=on_progress)
 
     @field_validator("prompt_template")
     @classmethod

@@ -475,18 +475,19 @@ def train(
     allow_recipe_change: bool = False,
     on_step: Callable[[int, int, dict], None] | None = None,
     on_message: Callable[[str], None] = lambda message: None,
+    on_image_check: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train `recipe` into its run directory (`output_dir` overrides `[run].output_dir`), or continue the run there
     (`resume`), holding the directory's lock throughout. Every refusal comes before anything is written: another
     process training there, a new run where one is recorded, a resumed one whose recipe changes what it trains
-    (unless `allow_recipe_change`)."""
+    (unless `allow_recipe_change`). `on_image_check(done, total)` follows the datasets' image checks."""
     run = RunDir(Path(output_dir or recipe.run.output_dir))
     total = max_steps or recipe.train.max_steps
     recipe_toml = recipe_to_toml(recipe)
     with run.locked():
         changes = check_run_dir(run, recipe_toml, resume, allow_recipe_change)
-        samples = recipe.data.read(recipe.data.train)
-        test_samples = recipe.data.read(recipe.data.test) if recipe.data.test else Samples()
+        samples = recipe.data.read(recipe.data.train, on_image_check)
+        test_samples = recipe.data.read(recipe.data.test, on_image_check) if recipe.data.test else Samples()
         for skipped in filter(None, (samples.skip_note(), test_samples.skip_note())):
             on_message(skipped)
         verifiers = load_verifiers(task_lines(samples, test_samples), recipe.verifier.answer_flag,

@@ -61,21 +61,34 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-@contextmanager
-def image_check_progress() -> Iterator[Callable[[int, int], None]]:
-    """An `on_progress` for data.read_samples: a bar once IMAGE_BAR_MIN or more images need decoding, else nothing."""
-    progress, task = progress_bar(), None
+def image_check_task(progress: Progress) -> Callable[[int, int], None]:
+    """An `on_progress` for data.read_samples that adds a "checking images" task to `progress` once IMAGE_BAR_MIN or
+    more images need decoding (fewer take seconds), and advances it."""
+    task = None
 
     def on_progress(done: int, total: int) -> None:
         nonlocal task
         if task is None and total >= IMAGE_BAR_MIN:
-            progress.start()
             task = progress.add_task("checking images", total=total, stats="")
         if task is not None:
             progress.update(task, completed=done)
 
+    return on_progress
+
+
+@contextmanager
+def image_check_progress() -> Iterator[Callable[[int, int], None]]:
+    """image_check_task on a bar of its own, shown only when the task is added (an empty bar would print a line)."""
+    progress = progress_bar()
+    advance = image_check_task(progress)
+
+    def on_progress(done: int, total: int) -> None:
+        advance(done, total)
+        if progress.tasks and not progress.live.is_started:
+            progress.start()
+
     try:
         yield on_progress
     finally:
-        if task is not None:  # stopping a bar never shown would still print a blank line
+        if progress.live.is_started:
             progress.stop()

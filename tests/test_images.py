@@ -347,3 +347,18 @@ def test_a_large_image_check_shows_a_progress_bar(tmp_path, chart_data, monkeypa
         assert "checking images" in result.output and "3/3" in result.output
     again = runner.invoke(app, ["verifiers", "check", "chart", "--calibrate", "--data", str(path)])
     assert "checking images" not in again.output  # verified before: nothing to decode
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_dyme_train_shows_the_image_check_of_a_large_dataset(tmp_path, chart_data, monkeypatch, dry_run):
+    from dyme_cli.recipe import recipe_to_toml
+
+    monkeypatch.setattr(ui, "IMAGE_BAR_MIN", 3)  # this dataset counts as large
+    monkeypatch.setattr(ui.console, "width", 200)
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=1)
+    recipe.data.train, recipe.data.test = _dataset(chart_data, tmp_path / "data", lines=4), None
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text(recipe_to_toml(recipe))
+    result = runner.invoke(app, ["train", str(recipe_file), *(["--dry-run"] if dry_run else [])])
+    assert result.exit_code == 0, result.output
+    assert "checking images" in result.output and "4/4" in result.output

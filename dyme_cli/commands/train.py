@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..ui import console, err_console, note, progress_bar, quiet_transformers
+from ..ui import (console, err_console, image_check_progress, image_check_task, note, progress_bar,
+                  quiet_transformers)
 
 
 def train(
@@ -47,7 +48,7 @@ def train(
         try:
             result = run_training(
                 recipe, output_dir=output, max_steps=max_steps, resume=resume,
-                allow_recipe_change=allow_recipe_change, on_step=on_step,
+                allow_recipe_change=allow_recipe_change, on_step=on_step, on_image_check=image_check_task(progress),
                 on_message=lambda m: progress.console.print(escape(m), soft_wrap=True),
             )
         except TrainingInterrupted as exc:
@@ -66,7 +67,8 @@ def train(
 def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int]) -> None:
     from ..plan import dry_run
 
-    plan = dry_run(recipe, max_steps)
+    with image_check_progress() as on_image_check:
+        plan = dry_run(recipe, max_steps, on_image_check)
     table = Table(title=f"dry run of {recipe_path}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("plan")
