@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import processes
 from .data import QUESTION, Sample, append_jsonl, instruction_template
 from .modeling import Policy
 from .recipe import DEFAULT_REWARD_WEIGHTS, load_recipe
@@ -129,23 +130,41 @@ def evaluate(
     """Score every sample; `report` is filled in place, so a caller that stops early keeps what was done.
 
     `prompt_template` holds `{question}` (see `prompt_template_for`); `verifier` overrides each sample's task;
-    `on_group` sees each prompt's completions and verdicts.
+    `on_group` sees each prompt's completions and verdicts; `on_batch(n)` follows the prompts done.
+
+    With N processes each scores its share of the samples (processes.share), batch by batch, and every process's
+    report holds every sample: after each batch the processes' scored groups are gathered (in the same number of
+    batches everywhere, the last ones possibly empty).
     """
     report = report if report is not None else EvalReport(k=samples_per_prompt)
     sampling = GREEDY if samples_per_prompt == 1 else sampling_settings(temperature=temperature)
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        prompts = [encode_prompt(policy, s, prompt_template) for s in chunk]
-        groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
-                          sampling=sampling, batch_size=batch_size)
-        tasks = [verifier or s.task for s in chunk]
-        verdicts, _ = verifiers.verify_groups(
-            [(task, s, [c.text for c in group]) for s, task, group in zip(chunk, tasks, groups)])
-        for sample, task, group, group_verdicts in zip(chunk, tasks, groups, verdicts):
-            scored = list(zip(group, group_verdicts))
-            report.add(sample, task, scored)
+    mine = [samples[i] for i in processes.share(len(samples))]
+    largest_share = len(processes.share(len(samples), process=0))
+    for start in range(0, largest_share, batch_size):
+        scored = _score(policy, mine[start : start + batch_size], verifiers, prompt_template=prompt_template,
+                        max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, sampling=sampling,
+                        verifier=verifier)
+        everyone = processes.everyone(scored)
+        for sample, task, group in everyone:
+            report.add(sample, task, group)
             if on_group:
-                on_group(sample, task, scored)
+                on_group(sample, task, group)
         if on_batch:
-            on_batch(len(chunk))
+            on_batch(len(everyone))
     return report
+
+
+def _score(policy: Policy, chunk: Sequence[Sample], verifiers: VerifierPool, *, prompt_template: str,
+           max_new_tokens: int, samples_per_prompt: int, sampling: dict, verifier: str | None
+           ) -> list[tuple[Sample, str, list[tuple[Completion, Verdict]]]]:
+    """(sample, task, its completions with their verdicts) for each sample of `chunk`."""
+    if not chunk:
+        return []
+    prompts = [encode_prompt(policy, s, prompt_template) for s in chunk]
+    groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
+                      sampling=sampling, batch_size=len(chunk))
+    tasks = [verifier or s.task for s in chunk]
+    verdicts, _ = verifiers.verify_groups(
+        [(task, s, [c.text for c in group]) for s, task, group in zip(chunk, tasks, groups)])
+    return [(sample, task, list(zip(group, group_verdicts)))
+            for sample, task, group, group_verdicts in zip(chunk, tasks, groups, verdicts)]

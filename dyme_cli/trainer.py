@@ -13,7 +13,8 @@ import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
 
-from . import dyme
+from . import dyme, processes
 from .batch import PromptGroup, StepBatch, Target
 from .data import Sample, Samples, target_text, task_lines, user_text
 from .dyme import Mode
@@ -111,20 +112,36 @@ class TrainResult:
 
 
 def dyme_step(engine: Engine, step: int) -> StepResult:
+    """One step of the run. With N processes each one samples, verifies and learns from its own share of the
+    step's prompts (processes.py); the gate, the loss's denominators, the metrics and the traces see the whole step."""
     t0 = time.perf_counter()
-    batch = StepBatch(step, [PromptGroup(s, cached_prompt(engine, s)) for s in step_samples(engine, step)])
-    sample_rollouts(engine, batch)
+    prompts = step_samples(engine, step)
+    mine = StepBatch(step, [PromptGroup(prompts[i], cached_prompt(engine, prompts[i]))
+                            for i in processes.share(len(prompts))])
+    sample_rollouts(engine, mine)
     t1 = time.perf_counter()
-    verify(engine, batch)
+    verify(engine, mine)
+    batch = whole_step(mine, len(prompts))
     gate(engine, batch)
-    rows = assemble_rows(batch.groups)
+    rows = assemble_rows(mine.groups)
     t2 = time.perf_counter()
-    update_stats = update(engine, rows, step_totals(engine.recipe, batch.groups, rows))
+    update_stats = update(engine, rows, step_totals(engine.recipe, batch.groups, assemble_rows(batch.groups)))
     t3 = time.perf_counter()
 
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
     metrics = step_metrics(batch, update_stats=update_stats, timing=timing, lr=engine.scheduler.get_last_lr()[0])
     return StepResult(metrics, step_traces(engine.run_name, batch), batch.verifier_failures)
+
+
+def whole_step(mine: StepBatch, n_prompts: int) -> StepBatch:
+    """The step's groups from every process, in prompt order; this process's own groups are the very objects it
+    filled (the gate's decisions reach them), the others' are copies without their encoded prompts."""
+    if processes.count() == 1:
+        return mine
+    groups = processes.everyone([replace(g, prompt={}) for g in mine.groups])
+    own = processes.share(n_prompts)
+    groups[own.start : own.stop] = mine.groups
+    return StepBatch(mine.step, groups, processes.everyone(mine.verifier_failures))
 
 
 def step_samples(engine: Engine, step: int) -> list[Sample]:
@@ -244,11 +261,12 @@ def group_row_lengths(group: PromptGroup) -> list[int]:
 
 
 def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
-    """num_iterations optimizer steps on the rows, micro-batched with gradient accumulation."""
+    """num_iterations optimizer steps on this process's rows, micro-batched with gradient accumulation; `totals`
+    are the whole step's, so that the gradients summed over the processes are the step's (processes.py)."""
     recipe, model = engine.recipe, engine.policy.model
-    stats: dict = {"loss": None, "grad_norm": None, "rows": len(rows), "tokens": sum(len(r.completion_ids) for r in rows),
-                   "nonfinite_updates": 0}
-    if rows:
+    forwarded, tokens = processes.summed([len(rows), sum(len(r.completion_ids) for r in rows)])
+    stats: dict = {"loss": None, "grad_norm": None, "rows": int(forwarded), "tokens": int(tokens), "nonfinite_updates": 0}
+    if forwarded:  # every process takes part in the update, with or without rows of its own
         micro = chunked(rows, recipe.optim.micro_batch_size)
         pad, temperature = engine.policy.pad_token_id, recipe.rollout.temperature
         old = frozen_logprobs(model, micro, pad, temperature) if recipe.train.num_iterations > 1 else None
@@ -286,13 +304,15 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
         nll_sum -= float((logp.detach() * mask)[memorized].sum())
         nll_tokens += float(mask[memorized].sum())
         kl_sum += info.get("kl", 0.0) * len(batch)
+    processes.sum_gradients([p for p in model.parameters() if p.requires_grad])
+    loss_sum, clip_sum, kl_sum, nll_sum, nll_tokens, forwarded = processes.summed(
+        [loss_sum, clip_sum, kl_sum, nll_sum, nll_tokens, sum(len(batch) for batch in micro)])
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm))
     finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
     if finite:
         engine.optimizer.step()
     else:  # one NaN/inf gradient would make every weight NaN: skip the update, count it (run_steps stops a streak)
         engine.optimizer.zero_grad(set_to_none=True)
-    forwarded = sum(len(batch) for batch in micro)
     out = {"loss": loss_sum, "grad_norm": grad_norm, "nonfinite_updates": int(not finite), "clip_fraction": clip_sum / forwarded,
            "memorize_nll": nll_sum / nll_tokens if nll_tokens else None,
            "memory_state_gib": state_bytes(model, engine.optimizer) / 2**30, "memory_peak_gib": peak_bytes() / 2**30}
@@ -387,7 +407,15 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
 
 
 def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
-    """Model + processor + optimizer/scheduler/RNG state, written atomically (rundir.new_checkpoint)."""
+    """Model + processor + optimizer/scheduler/RNG state, written atomically (rundir.new_checkpoint) by the main
+    process (every process holds the same weights and optimizer state); the others wait for it."""
+    if processes.is_main():
+        write_checkpoint(engine, run, step)
+    processes.wait_for_everyone()
+    return run.checkpoint(step)
+
+
+def write_checkpoint(engine: Engine, run: RunDir, step: int) -> None:
     with run.new_checkpoint(step, keep=engine.recipe.run.keep_checkpoints) as directory:
         save_policy(engine.policy, directory, engine.accelerator.unwrap_model(engine.policy.model))
         state = {
@@ -398,7 +426,6 @@ def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
         torch.save(state, state_file(directory))
-    return run.checkpoint(step)
 
 
 def restore_state(engine: Engine, checkpoint: Path) -> int:
@@ -432,7 +459,8 @@ def load_state(path: Path) -> dict:
 
 class StopRequest:
     """The first stop signal asks the loop to stop after the current step (and checkpoint), and says so at once,
-    since a step can be long; a second one aborts."""
+    since a step can be long; a second Ctrl-C aborts. A repeated SIGTERM or SIGHUP changes nothing: schedulers
+    signal every process of a job and launchers forward the signal again, and the run must still checkpoint."""
 
     def __init__(self, on_message: Callable[[str], None] = lambda message: None):
         self.signum: int | None = None
@@ -452,10 +480,12 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         self.on_message(f"{signal.Signals(signum).name}: stopping after the current step with a checkpoint; "
-                        "send it again to stop at once without one")
+                        "press Ctrl-C again to stop at once without one")
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
@@ -480,12 +510,20 @@ def train(
     """Train `recipe` into its run directory (`output_dir` overrides `[run].output_dir`), or continue the run there
     (`resume`), holding the directory's lock throughout. Every refusal comes before anything is written: another
     process training there, a new run where one is recorded, a resumed one whose recipe changes what it trains
-    (unless `allow_recipe_change`). `on_image_check(done, total)` follows the datasets' image checks."""
+    (unless `allow_recipe_change`). `on_image_check(done, total)` follows the datasets' image checks.
+
+    Under `accelerate launch` every process runs this; the main one alone holds the lock, checks and writes the run
+    directory and reports (processes.py)."""
     run = RunDir(Path(output_dir or recipe.run.output_dir))
     total = max_steps or recipe.train.max_steps
     recipe_toml = recipe_to_toml(recipe)
-    with run.locked():
-        changes = check_run_dir(run, recipe_toml, resume, allow_recipe_change)
+    # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
+    # passes run under accelerate's autocast in bf16/fp16. Made first: it joins the processes of a launched run.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision)
+    if not processes.is_main():
+        on_step, on_message, on_image_check = None, (lambda message: None), None
+    with ExitStack() as held:
+        changes = processes.on_main(lambda: claim_run_dir(held, run, recipe_toml, resume, allow_recipe_change))
         samples = recipe.data.read(recipe.data.train, on_image_check)
         test_samples = recipe.data.read(recipe.data.test, on_image_check) if recipe.data.test else Samples()
         for skipped in filter(None, (samples.skip_note(), test_samples.skip_note())):
@@ -496,29 +534,39 @@ def train(
         torch.manual_seed(recipe.run.seed)
         random.seed(recipe.run.seed)
         texts = [user_text(s, recipe.prompt_template) + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
-        base_path = base_model(recipe, run, texts)
+        base_path = processes.on_main(lambda: base_model(recipe, run, texts))
         start = starting_point(recipe, run, base_path, resume, on_message)
         policy = start.policy
         prepare_for_training(policy, recipe.model)
 
         check_completion_length(recipe.rollout.max_new_tokens, context_length(policy.model.config))
         warn_long_targets(policy, samples, recipe, on_message)
-        record_start(run, recipe_toml, start, changes, on_message)
-        run.record_generation({"max_new_tokens": recipe.rollout.max_new_tokens,
-                               "num_return_sequences": recipe.rollout.num_generations, **rollout_sampling(recipe),
-                               "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
-                               "suppress_tokens": policy.blocked_token_ids})
-        # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the
-        # forward passes run under accelerate's autocast in bf16/fp16.
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision)
+        processes.wait_for_everyone()  # all have loaded their start before damaged checkpoints are moved aside
+        if processes.is_main():
+            record_start(run, recipe_toml, start, changes, on_message)
+            run.record_generation({"max_new_tokens": recipe.rollout.max_new_tokens,
+                                   "num_return_sequences": recipe.rollout.num_generations, **rollout_sampling(recipe),
+                                   "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
+                                   "suppress_tokens": policy.blocked_token_ids})
         optimizer, scheduler = build_optimizer(policy.model, recipe, total)
-        policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+        # Not wrapped in DDP (whose hooks need the same backward passes on every process): each process accumulates
+        # its rows' gradients, and processes.sum_gradients adds them up once per update. `evaluation_mode` is
+        # accelerate's name for "device placement and autocast, no wrapper".
+        policy.model = accelerator.prepare_model(policy.model, evaluation_mode=True)
+        optimizer = accelerator.prepare_optimizer(optimizer)
         policy.model.train()
         reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
         pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
         engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name)
         with pool:
             return run_steps(engine, run, start.checkpoint, test_samples, total, on_step, on_message)
+
+
+def claim_run_dir(held: ExitStack, run: RunDir, recipe_toml: str, resume: bool, allow_recipe_change: bool
+                  ) -> list[str]:
+    """Take the run directory's lock for as long as `held` lasts, then check_run_dir."""
+    held.enter_context(run.locked())
+    return check_run_dir(run, recipe_toml, resume, allow_recipe_change)
 
 
 def check_run_dir(run: RunDir, recipe_toml: str, resume: bool, allow_recipe_change: bool) -> list[str]:
@@ -638,7 +686,7 @@ def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples
     if checkpoint:
         start = restore_state(engine, checkpoint)
         on_message(f"resumed from {checkpoint} (step {start})")
-    for note in run.truncate_logs(start):
+    for note in run.truncate_logs(start) if processes.is_main() else []:
         on_message(note)
 
     result = TrainResult(run.path, start, checkpoint)
@@ -657,8 +705,9 @@ def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples
                 outcome.metrics.update(eval_metrics(report))
                 if step == total:
                     result.after = report
-            run.append_metrics(outcome.metrics)
-            run.append_traces(outcome.traces)
+            if processes.is_main():
+                run.append_metrics(outcome.metrics)
+                run.append_traces(outcome.traces)
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
             nonfinite_streak = nonfinite_streak + 1 if outcome.metrics["nonfinite_updates"] else 0
             if nonfinite_streak == NONFINITE_LIMIT:
@@ -668,10 +717,10 @@ def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples
                 result.checkpoint = save_checkpoint(engine, run, step)
             if on_step:
                 on_step(step, total, outcome.metrics)
-            if stop.requested:
+            if processes.any_process(stop.requested):  # a signal that reached one process stops them all
                 if result.checkpoint != run.checkpoint(step):
                     result.checkpoint = save_checkpoint(engine, run, step)
-                raise TrainingInterrupted(step, result.checkpoint, stop.signum)
+                raise TrainingInterrupted(step, result.checkpoint, stop.signum or signal.SIGTERM)
     return result
 
 
@@ -720,4 +769,5 @@ def run_eval(engine: Engine, samples: list[Sample], run: RunDir, step: int) -> E
     chosen = samples[: cfg.eval_limit] if cfg.eval_limit else samples
     return evaluate(engine.policy, chosen, engine.verifiers, max_new_tokens=engine.recipe.rollout.max_new_tokens,
                     prompt_template=engine.recipe.prompt_template, batch_size=cfg.eval_batch_size,
-                    on_group=trace_writer(run.eval_traces_file, run.name, step, engine.recipe.train.reward_weights))
+                    on_group=trace_writer(run.eval_traces_file, run.name, step, engine.recipe.train.reward_weights)
+                    if processes.is_main() else None)

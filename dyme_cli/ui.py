@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -19,9 +20,16 @@ USER_ERROR = 2  # exit code for mistakes in what the user gave us
 IMAGE_BAR_MIN = 1000  # images to decode before checking them gets a progress bar (fewer take seconds)
 
 
+def is_main_process() -> bool:
+    """False in the other processes of a run launched with `accelerate launch` (or torchrun), which set RANK: only
+    the main one prints, or the terminal would show every line N times."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def fail(message: str, code: int = USER_ERROR) -> None:
-    """Print one error line (markup-safe) and exit."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print one error line (markup-safe; by the main process only) and exit."""
+    if is_main_process():
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -45,11 +53,12 @@ def note(message: str) -> None:
 
 
 def progress_bar() -> Progress:
-    """A progress bar with elapsed and remaining time and a `stats` field for live numbers."""
+    """A progress bar with elapsed and remaining time and a `stats` field for live numbers (shown by the main
+    process only)."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
-        transient=False,
+        transient=False, disable=not is_main_process(),
     )
 
 

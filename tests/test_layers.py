@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dyme_cli"
 LAYERS = [
     ["errors", "hub", "verdict", "dyme", "losses"],
     ["recipe", "data", "plugins"],
-    ["rundir", "verify_pool", "tiny_models", "checking"],
+    ["rundir", "verify_pool", "tiny_models", "checking", "processes"],
     ["modeling"],
     ["rollout"],
     ["batch"],
@@ -22,7 +22,7 @@ LAYERS = [
     ["compare"],
     ["ui"],
     ["commands"],
-    ["cli"],
+    ["cli", "__main__"],
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 COMMAND_LINE = {"ui", "commands", "cli"}

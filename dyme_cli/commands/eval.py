@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console, err_console, image_check_progress, output_file, progress_bar, quiet_transformers
+from ..ui import (console, err_console, image_check_progress, is_main_process, output_file, progress_bar,
+                  quiet_transformers)
 
 def eval_command(
     checkpoints: list[str] = typer.Option(
@@ -52,7 +53,7 @@ def eval_command(
     verifiers = load_verifiers([verifier] if verifier else task_lines(dataset), answer_flag)
     labels = _checkpoint_labels(checkpoints)
     reports: dict[str, EvalReport] = {}
-    if traces_out:
+    if traces_out and is_main_process():  # under `accelerate launch` every process evaluates, the main one writes
         traces_out.parent.mkdir(parents=True, exist_ok=True)
         traces_out.write_text("", encoding="utf-8")
     try:
@@ -83,19 +84,23 @@ def _checkpoint_labels(checkpoints: list[str]) -> list[str]:
 
 def _evaluate_checkpoint(checkpoint: str, label: str, samples, pool, report, progress, traces_out: Optional[Path],
                          **settings) -> None:
+    from accelerate import PartialState
+
     from ..evaluate import evaluate, trace_writer
     from ..modeling import load_policy
     from ..rundir import checkpoint_step
 
     policy = load_policy(checkpoint)
-    on_group = trace_writer(traces_out, run=label, step=checkpoint_step(checkpoint) or 0) if traces_out else None
+    policy.model.to(PartialState().device)  # this process's GPU (or the CPU)
+    write = traces_out and is_main_process()
+    on_group = trace_writer(traces_out, run=label, step=checkpoint_step(checkpoint) or 0) if write else None
     task = progress.add_task(f"evaluating {label}", total=len(samples), stats="")
     evaluate(policy, samples, pool, report=report, on_batch=lambda n: progress.advance(task, n), on_group=on_group,
              **settings)
 
 
 def _print_eval(reports: dict, data: Path, json_out: Optional[Path]) -> None:
-    if not reports:
+    if not reports or not is_main_process():
         return
     k = next(iter(reports.values())).k
     table = Table(title=f"evaluation on {data}" + (f" ({k} samples per prompt)" if k > 1 else " (greedy)"))

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..ui import (console, err_console, image_check_progress, image_check_task, note, progress_bar,
-                  quiet_transformers)
+from ..ui import (console, err_console, image_check_progress, image_check_task, is_main_process, note,
+                  progress_bar, quiet_transformers)
 
 
 def train(
@@ -35,6 +35,10 @@ def train(
     quiet_transformers()
     if dry_run:
         _print_plan(recipe_path, recipe, max_steps)
+        return
+    if not is_main_process():  # another process of a launched run: it trains its share, the main one reports
+        _train_quietly(run_training, recipe, output_dir=output, max_steps=max_steps, resume=resume,
+                       allow_recipe_change=allow_recipe_change)
         return
     history: list[dict] = []
     total = max_steps or recipe.train.max_steps
@@ -62,6 +66,15 @@ def train(
         if not history:  # a finished run resumed: nothing trained, the trainer's message says so
             progress.live.transient = True
     _print_summary(result, history)
+
+
+def _train_quietly(run_training, recipe, **options) -> None:
+    from ..trainer import TrainingInterrupted
+
+    try:
+        run_training(recipe, **options)
+    except TrainingInterrupted as exc:
+        raise typer.Exit(exc.exit_code)
 
 
 def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int]) -> None:

@@ -1,0 +1,92 @@
+"""One run across N processes (`accelerate launch`): which share of the work a process takes, and how the shares
+come together again. With one process every function here is the identity, and nothing is communicated.
+
+Every process computes the same list of work (the step's prompts, the evaluation's samples), takes a contiguous
+share of it, and sees every process's results again in the same order, so the gate, the loss's denominators, the
+metrics and the logs are those of the whole step on every process; only the main process writes. The
+communication is accelerate's (`gather_object`, `reduce`, `broadcast_object_list` over the process group that
+`accelerate launch` sets up: gloo on CPUs, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object, reduce
+
+T = TypeVar("T")
+
+
+def count() -> int:
+    return PartialState().num_processes
+
+
+def is_main() -> bool:
+    return PartialState().is_main_process
+
+
+def share(n: int, process: int | None = None, processes: int | None = None) -> range:
+    """The indices of `n` items that `process` takes: contiguous, the first n % N processes one more (the split of
+    accelerate's `split_between_processes`), so gathering the shares in process order restores the order."""
+    state = PartialState()
+    process = state.process_index if process is None else process
+    processes = state.num_processes if processes is None else processes
+    size, extra = divmod(n, processes)
+    start = process * size + min(process, extra)
+    return range(start, start + size + (process < extra))
+
+
+def everyone(items: list[T]) -> list[T]:
+    """Every process's `items`, concatenated in process order, on every process."""
+    return items if count() == 1 else gather_object(items)
+
+
+def summed(values: Sequence[float]) -> list[float]:
+    """Each value summed over the processes."""
+    if count() == 1:
+        return list(values)
+    totals = reduce(torch.tensor(values, dtype=torch.float64, device=PartialState().device), reduction="sum")
+    return totals.tolist()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any of them (a stop signal reaching one rank stops all)."""
+    return flag if count() == 1 else bool(summed([float(flag)])[0])
+
+
+def sum_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its sum over the processes (a process with no rows of its own contributes zeros).
+
+    The processes do uneven work in a step (the gate gives each prompt 0, 1 or K rows), so they cannot use DDP's
+    per-backward hooks, which need every process to run the same backward passes; each process accumulates its
+    own rows' gradients, and the sum is taken once, before clipping."""
+    if count() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    for parameter, total in zip(parameters, reduce(grads, reduction="sum")):
+        parameter.grad = total
+
+
+def on_main(work: Callable[[], T]) -> T:
+    """`work()` on the main process only (checks and writes of the run directory), its result or its exception
+    given to every process, so that a refusal stops all of them with the same error instead of leaving the others
+    waiting."""
+    if count() == 1:
+        return work()
+    outcome: list = [None]
+    if is_main():
+        try:
+            outcome[0] = (True, work())
+        except Exception as exc:  # handed to every process, raised there too
+            outcome[0] = (False, exc)
+    broadcast_object_list(outcome)
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
+
+
+def wait_for_everyone() -> None:
+    PartialState().wait_for_everyone()

@@ -1,0 +1,133 @@
+"""One run across several processes (`accelerate launch` with recipes/accelerate/ddp.yaml, gloo on the CPU): the
+same weights as one process, every prompt of a step trained once, one set of logs and checkpoints, resume after a
+kill with another number of processes, and the same evaluation table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from dyme_cli import processes
+from dyme_cli.data import read_samples
+from dyme_cli.recipe import recipe_to_toml
+from dyme_cli.trainer import prompt_indices, train
+
+from conftest import REPO, small_recipe
+
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True):
+    """`accelerate launch --config_file recipes/accelerate/ddp.yaml -m dyme_cli ARGS` with one thread per process."""
+    command = [str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "ddp.yaml"),
+               "--num_processes", str(processes_), "-m", "dyme_cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _recipe_file(recipe, path: Path) -> Path:
+    path.write_text(recipe_to_toml(recipe))
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (7, 2), (7, 3), (2, 3)])
+def test_shares_are_contiguous_cover_everything_once_and_differ_by_at_most_one(n, world):
+    shares = [processes.share(n, process=p, processes=world) for p in range(world)]
+    assert [i for s in shares for i in s] == list(range(n))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data):
+    """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows."""
+    recipe = small_recipe(chart_data, tmp_path / "one", algorithm="sft", max_steps=3, prompts_per_step=5)
+    train(recipe)
+    launch(["train", str(_recipe_file(recipe, tmp_path / "recipe.toml")), "--output", str(tmp_path / "two")], tmp_path)
+    one, two = (load_file(str(tmp_path / run / "checkpoints" / "step-000003" / "model.safetensors")) for run in ("one", "two"))
+    assert max(float((one[name] - two[name]).abs().max()) for name in one) < 1e-5
+    for a, b in zip(_lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl"), strict=True):
+        assert a["rows"] == b["rows"] == 5
+        assert b["memorize_nll"] == pytest.approx(a["memorize_nll"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+
+
+def _covers_every_prompt_once(run: Path, recipe, steps: range) -> None:
+    n = len(read_samples(recipe.data.train))
+    traces = _lines(run / "traces.jsonl")
+    ids = [s.id for s in read_samples(recipe.data.train)]
+    for step in steps:
+        expected = Counter(ids[i] for i in prompt_indices(n, step, recipe.train.prompts_per_step, recipe.run.seed))
+        rollouts = Counter(t["prompt_id"] for t in traces if t["step"] == step and t["kind"] == "rollout")
+        assert rollouts == Counter({pid: k * recipe.rollout.num_generations for pid, k in expected.items()}), step
+    assert [m["step"] for m in _lines(run / "metrics.jsonl")] == list(steps)
+
+
+def test_dyme_on_two_processes_trains_each_prompt_once_and_resumes_after_a_kill_on_one_or_two(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=6, prompts_per_step=5)
+    recipe.run.save_every = 2
+    recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
+    run = tmp_path / "run"
+    job = launch(["train", str(recipe_file)], tmp_path, wait=False)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "step-000002").is_dir() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # the launcher and both workers, after the first save
+    job.wait()
+    assert (run / "checkpoints" / "step-000002").is_dir()
+
+    launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path)  # two processes again
+    assert train(recipe, resume=True).steps == 6  # then one
+    _covers_every_prompt_once(run, recipe, range(1, 7))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+
+
+def test_evaluation_on_two_processes_gives_the_table_and_completions_of_one(tmp_path, chart_data, tiny_model_dir):
+    common = ["eval", "--checkpoint", str(tiny_model_dir), "--data", str(chart_data / "test.jsonl"),
+              "--max-new-tokens", "12", "--batch-size", "3"]
+    from typer.testing import CliRunner
+
+    from dyme_cli.cli import app
+
+    one = CliRunner().invoke(app, [*common, "--json", str(tmp_path / "one.json"), "--traces", str(tmp_path / "one.jsonl")])
+    assert one.exit_code == 0, one.output
+    launch([*common, "--json", str(tmp_path / "two.json"), "--traces", str(tmp_path / "two.jsonl")], tmp_path)
+    assert json.loads((tmp_path / "two.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
+    completions = [{(t["prompt_id"], t["completion"]) for t in _lines(tmp_path / f"{n}.jsonl")} for n in ("one", "two")]
+    assert completions[0] == completions[1] and len(completions[0]) == len(read_samples(chart_data / "test.jsonl"))
+
+
+def test_a_scheduler_sigterm_stops_every_process_after_the_same_step_with_one_checkpoint(tmp_path, chart_data):
+    """SIGTERM to the whole job (what SLURM and Kubernetes do; the launcher forwards it to the workers again)."""
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=200, prompts_per_step=4)
+    recipe.run.save_every = 1000
+    recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
+    run = tmp_path / "run"
+    job = launch(["train", str(recipe_file)], tmp_path, wait=False)
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGTERM)
+    output = job.communicate(timeout=120)[0].decode()
+    steps = [m["step"] for m in _lines(run / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 200, output
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps[-1]:06d}"], output
+    assert "SIGTERM: stopped after step" in output
+    recipe.train.max_steps = steps[-1] + 1
+    assert train(recipe, resume=True).steps == steps[-1] + 1
