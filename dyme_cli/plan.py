@@ -35,16 +35,16 @@ class Plan:
         self.facts.append((what, str(value)))
 
 
-def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callable[[int, int], None] | None = None
-            ) -> Plan:
-    """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given); `on_image_check` as
-    in data.read_samples."""
+def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callable[[int, int], None] | None = None,
+            processes: int = 1) -> Plan:
+    """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given) on `processes`
+    processes; `on_image_check` as in data.read_samples."""
     if max_steps:
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": max_steps})})
     plan = Plan()
     tasks, first = _check_data(recipe, plan, on_image_check)
     _check_verifiers(recipe, tasks, plan)
-    _check_batches(recipe, plan)
+    _check_batches(recipe, plan, processes)
     _check_precision(recipe, plan)
     config = _check_model(recipe, plan)
     prompt_tokens = _check_prompt(recipe, plan, first, config) if first is not None else 1
@@ -113,8 +113,10 @@ def _check_verifiers(recipe: Recipe, tasks: dict[str, str], plan: Plan) -> None:
                           f"{recipe.verifier.timeout_s:g} s per call")
 
 
-def _check_batches(recipe: Recipe, plan: Plan) -> None:
+def _check_batches(recipe: Recipe, plan: Plan, processes: int) -> None:
     train, rollout, optim = recipe.train, recipe.rollout, recipe.optim
+    if processes > 1:
+        _per_process(recipe, plan, processes)
     prompts, k = train.prompts_per_step, rollout.num_generations
     rollouts = 0 if train.algorithm == "sft" else prompts * k
     max_rows = prompts if train.algorithm == "sft" else prompts * k  # a memorized prompt is 1 row, an explored one K
@@ -133,6 +135,20 @@ def _check_batches(recipe: Recipe, plan: Plan) -> None:
     if recipe.run.save_every > train.max_steps:
         plan.notes.append(f"[run].save_every = {recipe.run.save_every} > [train].max_steps: only the final "
                           "checkpoint is written")
+
+
+def _per_process(recipe: Recipe, plan: Plan, processes: int) -> None:
+    """What each of N processes does in a step (processes.share: contiguous shares differing by one prompt at most)."""
+    train, rollout, optim = recipe.train, recipe.rollout, recipe.optim
+    most = -(-train.prompts_per_step // processes)
+    rows = most if train.algorithm == "sft" else most * rollout.num_generations
+    plan.add("processes", f"{processes}, each with a whole copy of the model, weights, gradients and optimizer state "
+                          "(the memory figure below is per process); gradients are summed once per update")
+    plan.add("per process and step", f"at most {most} prompts, {rows} rows, {math.ceil(rows / optim.micro_batch_size)} "
+                                     f"micro-batches of {optim.micro_batch_size}")
+    if train.prompts_per_step < processes:
+        plan.notes.append(f"[train].prompts_per_step = {train.prompts_per_step} is less than the {processes} "
+                          "processes: some have no prompt in a step and only wait")
 
 
 def _check_precision(recipe: Recipe, plan: Plan) -> None:

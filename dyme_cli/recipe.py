@@ -30,6 +30,7 @@ class RecipeError(UserError, ValueError):
 
 
 SECRET_KEY = re.compile(r"(^|_)(key|apikey|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "dvclive", "swanlab", "aim"]
 MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
 MAX_WORKERS = 256  # verifier processes
 
@@ -207,6 +208,9 @@ class RunSection(_Section):
         None, ge=1, description="held-out accuracy on [data].test every N steps, logged as eval_accuracy")
     eval_limit: Optional[int] = Field(None, ge=1)
     eval_batch_size: int = Field(64, ge=1, le=65536)
+    report_to: list[Tracker] = Field(
+        [], description="experiment trackers (accelerate's) that also receive every step's metrics; metrics.jsonl "
+        "stays the record")
 
 
 class Recipe(_Section):

@@ -54,7 +54,7 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # The recipe keys (`section.key`, fnmatch patterns) a resumed run may change without --allow-recipe-change: they
 # say how long the run goes and how it is observed or saved, not what it trains. (`--max-steps` is no recipe key.)
 RESUMABLE_KEYS = ("train.max_steps", "run.save_every", "run.keep_checkpoints", "run.output_dir", "run.eval_*",
-                  "verifier.workers", "verifier.timeout_s")
+                  "run.report_to", "verifier.workers", "verifier.timeout_s")
 CHANGES_SHOWN = 3  # changed keys a refusal names
 _ABSENT = object()  # a key one of two recipes compared does not set
 

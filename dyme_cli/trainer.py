@@ -33,7 +33,7 @@ from .losses import StepTotals, policy_loss
 from .modeling import (ModelLoadError, Policy, check_completion_length, context_length, load_for_recipe,
                        prepare_for_training, resolve_model_path, save_policy)
 from .plugins import load_verifiers
-from .recipe import Recipe, recipe_to_toml
+from .recipe import Recipe, RecipeError, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RunDir, RunDirError, checkpoint_step, describe_changes, state_file
 from .traces import Trace, step_metrics, step_traces
@@ -519,7 +519,8 @@ def train(
     recipe_toml = recipe_to_toml(recipe)
     # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
     # passes run under accelerate's autocast in bf16/fp16. Made first: it joins the processes of a launched run.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision,
+                              log_with=trackers(recipe) or None, project_dir=run.path)
     if not processes.is_main():
         on_step, on_message, on_image_check = None, (lambda message: None), None
     with ExitStack() as held:
@@ -548,6 +549,9 @@ def train(
                                    "num_return_sequences": recipe.rollout.num_generations, **rollout_sampling(recipe),
                                    "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
                                    "suppress_tokens": policy.blocked_token_ids})
+        if recipe.run.report_to:
+            accelerator.init_trackers(TRACKING_DIR, config=flat_settings(recipe))
+            held.callback(accelerator.end_training)
         optimizer, scheduler = build_optimizer(policy.model, recipe, total)
         # Not wrapped in DDP (whose hooks need the same backward passes on every process): each process accumulates
         # its rows' gradients, and processes.sum_gradients adds them up once per update. `evaluation_mode` is
@@ -560,6 +564,36 @@ def train(
         engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name)
         with pool:
             return run_steps(engine, run, start.checkpoint, test_samples, total, on_step, on_message)
+
+
+TRACKING_DIR = "tracking"  # RUN/tracking/: what file-based trackers (TensorBoard, ...) write
+
+
+def trackers(recipe: Recipe) -> list[str]:
+    """[run].report_to, each checked to be installed: accelerate would leave out a missing one without a word."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in recipe.run.report_to:
+        if name not in available:
+            raise RecipeError(f"[run].report_to: '{name}' is not installed (pip install {name.replace('_', '-')})")
+    return list(recipe.run.report_to)
+
+
+def flat_settings(recipe: Recipe) -> dict:
+    """The recipe as `section.key = value` pairs of plain values, what trackers show as a run's settings."""
+    flat = {}
+    for section, values in recipe.model_dump(mode="json").items():
+        for key, value in values.items():
+            if isinstance(value, (str, int, float, bool)):
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+def tracked(metrics: dict) -> dict:
+    """The metrics trackers take: the numbers (a value that is None this step is left out)."""
+    return {key: value for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def claim_run_dir(held: ExitStack, run: RunDir, recipe_toml: str, resume: bool, allow_recipe_change: bool
@@ -708,6 +742,7 @@ def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples
             if processes.is_main():
                 run.append_metrics(outcome.metrics)
                 run.append_traces(outcome.traces)
+            engine.accelerator.log(tracked(outcome.metrics), step=step)  # the main process's trackers, if any
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
             nonfinite_streak = nonfinite_streak + 1 if outcome.metrics["nonfinite_updates"] else 0
             if nonfinite_streak == NONFINITE_LIMIT:

@@ -39,6 +39,15 @@ def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True):
     return done
 
 
+def _launched_until(ready, args: list[str], cwd: Path) -> subprocess.Popen:
+    """A launched job, once `ready()` holds (or the job ended, or 4 minutes passed)."""
+    job = launch(args, cwd, wait=False)
+    deadline = time.monotonic() + 240
+    while not ready() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return job
+
+
 def _recipe_file(recipe, path: Path) -> Path:
     path.write_text(recipe_to_toml(recipe))
     return path
@@ -84,10 +93,7 @@ def test_dyme_on_two_processes_trains_each_prompt_once_and_resumes_after_a_kill_
     recipe.run.save_every = 2
     recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
     run = tmp_path / "run"
-    job = launch(["train", str(recipe_file)], tmp_path, wait=False)
-    deadline = time.monotonic() + 240
-    while not (run / "checkpoints" / "step-000002").is_dir() and time.monotonic() < deadline and job.poll() is None:
-        time.sleep(0.2)
+    job = _launched_until(lambda: (run / "checkpoints" / "step-000002").is_dir(), ["train", str(recipe_file)], tmp_path)
     os.killpg(job.pid, signal.SIGKILL)  # the launcher and both workers, after the first save
     job.wait()
     assert (run / "checkpoints" / "step-000002").is_dir()
@@ -119,10 +125,8 @@ def test_a_scheduler_sigterm_stops_every_process_after_the_same_step_with_one_ch
     recipe.run.save_every = 1000
     recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
     run = tmp_path / "run"
-    job = launch(["train", str(recipe_file)], tmp_path, wait=False)
-    deadline = time.monotonic() + 240
-    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    logged = run / "metrics.jsonl"
+    job = _launched_until(lambda: logged.is_file() and logged.read_text().strip(), ["train", str(recipe_file)], tmp_path)
     os.killpg(job.pid, signal.SIGTERM)
     output = job.communicate(timeout=120)[0].decode()
     steps = [m["step"] for m in _lines(run / "metrics.jsonl")]

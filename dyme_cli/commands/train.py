@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,8 @@ def train(
         "(beyond its length, checkpointing and evaluation); the recorded recipe is kept as recipe.toml.step-N."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Check data, verifiers, model and batch sizes and print the plan; train nothing."),
+    processes: Optional[int] = typer.Option(
+        None, "--processes", min=1, help="With --dry-run: plan for N processes (default: the launched number, else 1)."),
 ) -> None:
     """Train a model with DyME (or the SFT / GRPO baselines) from a TOML recipe."""
     from ..errors import BadArgument, UserError
@@ -33,8 +36,10 @@ def train(
         raise BadArgument("--allow-recipe-change goes with --resume: a new run has no recorded recipe to change")
     recipe = load_recipe(recipe_path)
     quiet_transformers()
+    if dry_run and not is_main_process():  # launched: the main process prints the plan
+        return
     if dry_run:
-        _print_plan(recipe_path, recipe, max_steps)
+        _print_plan(recipe_path, recipe, max_steps, processes or int(os.environ.get("WORLD_SIZE", "1")))
         return
     if not is_main_process():  # another process of a launched run: it trains its share, the main one reports
         _train_quietly(run_training, recipe, output_dir=output, max_steps=max_steps, resume=resume,
@@ -77,11 +82,11 @@ def _train_quietly(run_training, recipe, **options) -> None:
         raise typer.Exit(exc.exit_code)
 
 
-def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int]) -> None:
+def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: int) -> None:
     from ..plan import dry_run
 
     with image_check_progress() as on_image_check:
-        plan = dry_run(recipe, max_steps, on_image_check)
+        plan = dry_run(recipe, max_steps, on_image_check, processes)
     table = Table(title=f"dry run of {recipe_path}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("plan")
