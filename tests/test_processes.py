@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from dyme_cli import processes
@@ -29,7 +31,7 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True):
     """`accelerate launch --config_file recipes/accelerate/ddp.yaml -m dyme_cli ARGS` with one thread per process."""
     command = [str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "ddp.yaml"),
-               "--num_processes", str(processes_), "-m", "dyme_cli", *args]
+               "--num_processes", str(processes_), "--main_process_port", str(_free_port()), "-m", "dyme_cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -37,6 +39,13 @@ def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True):
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
+
+
+def _free_port() -> int:
+    """A port nothing listens on now: the default one may still be held by the previous test's job."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _launched_until(ready, args: list[str], cwd: Path) -> subprocess.Popen:
@@ -64,10 +73,13 @@ def test_shares_are_contiguous_cover_everything_once_and_differ_by_at_most_one(n
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-def _lora_checkpointed_bf16(recipe) -> None:
+def _lora_frozen_vision_checkpointed(recipe) -> None:
     recipe.model.lora = {"r": 4, "alpha": 8, "dropout": 0.0}
     recipe.model.freeze_vision = True
     recipe.model.gradient_checkpointing = True
+
+
+def _bf16_autocast(recipe) -> None:
     recipe.model.mixed_precision = "bf16"
 
 
@@ -76,13 +88,23 @@ def _weights(checkpoint: Path) -> dict:
     return {f"{f.name}:{name}": t.float() for f in checkpoint.glob("*.safetensors") for name, t in load_file(str(f)).items()}
 
 
-@pytest.mark.parametrize("setup, tolerance", [(lambda recipe: None, 1e-5), (_lora_checkpointed_bf16, 2e-3)],
-                         ids=["full-fp32", "lora-frozen-vision-checkpointing-bf16"])
+@pytest.mark.parametrize("setup, tolerance", [
+    (lambda recipe: None, 1e-5),
+    (_lora_frozen_vision_checkpointed, 1e-5),
+    # bf16 rounds differently in differently padded micro-batches, and AdamW's first steps move every weight by
+    # about lr (1e-3) whatever the gradient's size: a few lr apart after 3 steps is the same training
+    (_bf16_autocast, 1e-2),
+], ids=["full-fp32", "lora-frozen-vision-checkpointing", "bf16-autocast"])
 def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data, setup, tolerance):
     """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows."""
     recipe = small_recipe(chart_data, tmp_path / "one", algorithm="sft", max_steps=3, prompts_per_step=5)
     setup(recipe)
-    train(recipe)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the launched processes (OMP_NUM_THREADS=1): the same float reductions
+    try:
+        train(recipe)
+    finally:
+        torch.set_num_threads(threads)
     launch(["train", str(_recipe_file(recipe, tmp_path / "recipe.toml")), "--output", str(tmp_path / "two")], tmp_path)
     one, two = (_weights(tmp_path / run / "checkpoints" / "step-000003") for run in ("one", "two"))
     assert one.keys() == two.keys() and one
