@@ -213,6 +213,35 @@ class RunSection(_Section):
         "stays the record")
 
 
+class SupervisionSection(_Section):
+    """`[supervision]`: the paper's visual supervision by a larger LLM behind an OpenAI-compatible server (vLLM,
+    lmdeploy, llama.cpp server, a hosted API): a checker that rates each rollout's thinking (the `thinking` reward)
+    and a refiner that rewrites reference traces before training (the memorization targets)."""
+
+    checker: Literal["local", "llm"] = Field("local", description="local: the verifier's keyword-F1 thinking reward")
+    refiner: Literal["none", "llm"] = "none"
+    base_url: Optional[str] = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    model: Optional[str] = Field(None, description="the served model's name")
+    api_key_env: Optional[str] = Field(None, description="environment variable holding the API key (never the key)")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="per request")
+    max_retries: int = Field(2, ge=0, le=10, description="per request, with exponential backoff (the openai client's)")
+    concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
+    step_budget_s: float = Field(
+        120.0, gt=0, le=86400, description="the most time rating a step's rollouts may take; later ones fall back")
+    cache: bool = Field(True, description="remember ratings and refined references in the run directory")
+    template: Optional[str] = Field(None, description="the refiner's reference template: a file path or the text")
+
+    @model_validator(mode="after")
+    def _server_given(self) -> "SupervisionSection":
+        if (self.checker == "llm" or self.refiner == "llm") and not (self.base_url and self.model):
+            raise ValueError("checker or refiner = \"llm\" needs base_url and model")
+        return self
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.checker == "llm" or self.refiner == "llm"
+
+
 class Recipe(_Section):
     run: RunSection = RunSection()
     model: ModelSection
@@ -221,6 +250,7 @@ class Recipe(_Section):
     train: TrainSection = TrainSection()
     optim: OptimSection = OptimSection()
     verifier: VerifierSection = VerifierSection()
+    supervision: SupervisionSection = SupervisionSection()
 
     @property
     def prompt_template(self) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors import SafetensorError
 
 from . import dyme, processes
@@ -36,7 +36,9 @@ from .plugins import load_verifiers
 from .recipe import Recipe, RecipeError, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RunDir, RunDirError, checkpoint_step, describe_changes, state_file
+from .supervision import Checker, CheckerCounts, checker_for, refiner_for
 from .traces import Trace, step_metrics, step_traces
+from .verdict import split_completion
 from .verify_pool import STOP_SIGNALS, VerifierPool
 
 PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) kept between steps
@@ -88,6 +90,7 @@ class Engine:
     total_steps: int
     reference: torch.nn.Module | None = None
     run_name: str = ""
+    checker: Checker | None = None  # [supervision].checker = "llm": the thinking reward comes from it
     prompt_cache: dict[str, dict] = field(default_factory=dict)
     prompt_cache_bytes: int = 0
 
@@ -130,6 +133,8 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
 
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
     metrics = step_metrics(batch, update_stats=update_stats, timing=timing, lr=engine.scheduler.get_last_lr()[0])
+    if engine.checker is not None:
+        metrics.update(checker_counts(engine.checker))
     return StepResult(metrics, step_traces(engine.run_name, batch), batch.verifier_failures)
 
 
@@ -142,6 +147,13 @@ def whole_step(mine: StepBatch, n_prompts: int) -> StepBatch:
     own = processes.share(n_prompts)
     groups[own.start : own.stop] = mine.groups
     return StepBatch(mine.step, groups, processes.everyone(mine.verifier_failures))
+
+
+def checker_counts(checker: Checker) -> dict:
+    """The checker's calls, cache hits, fallbacks and unreadable replies in this step, summed over the processes."""
+    counts = checker.counts.metrics()
+    checker.counts = CheckerCounts()
+    return dict(zip(counts, map(int, processes.summed(list(counts.values())))))
 
 
 def step_samples(engine: Engine, step: int) -> list[Sample]:
@@ -185,13 +197,26 @@ def rollout_sampling(recipe: Recipe) -> dict:
 
 
 def verify(engine: Engine, batch: StepBatch) -> None:
-    """Every rollout's verdict and weighted reward; failed verify calls are counted in the batch."""
+    """Every rollout's verdict and weighted reward; failed verify calls are counted in the batch. With the LLM
+    checker, its rating of the rollout's thinking replaces the verifier's local `thinking` reward."""
     weights = engine.recipe.train.reward_weights
     verdicts, batch.verifier_failures = engine.verifiers.verify_groups(
         [(g.sample.task, g.sample, [c.text for c in g.completions]) for g in batch.groups])
     for group, group_verdicts in zip(batch.groups, verdicts):
         group.verdicts = group_verdicts
-        group.rewards = [dyme.total_reward(v.rewards, weights) for v in group_verdicts]
+    if engine.checker is not None:
+        check_thinking(engine.checker, batch, engine.recipe.verifier.answer_flag)
+    for group in batch.groups:
+        group.rewards = [dyme.total_reward(v.rewards, weights) for v in group.verdicts]
+
+
+def check_thinking(checker: Checker, batch: StepBatch, answer_flag: str) -> None:
+    """The checker's thinking reward for every rollout it could rate; the others keep the verifier's (counted)."""
+    rated = [(g.sample, c, v) for g in batch.groups for c, v in zip(g.completions, g.verdicts)]
+    scores = checker.rate([(sample, split_completion(c.text, answer_flag).thinking) for sample, c, _ in rated])
+    for (_, _, verdict), score in zip(rated, scores):
+        if score is not None:
+            verdict.rewards["thinking"] = score
 
 
 def gate(engine: Engine, batch: StepBatch) -> None:
@@ -531,6 +556,8 @@ def train(
             on_message(skipped)
         verifiers = load_verifiers(task_lines(samples, test_samples), recipe.verifier.answer_flag,
                                    recipe.verifier.options)
+        if recipe.supervision.refiner == "llm":
+            samples = processes.on_main(lambda: refined_samples(recipe, run, samples, on_message))
 
         torch.manual_seed(recipe.run.seed)
         random.seed(recipe.run.seed)
@@ -561,12 +588,24 @@ def train(
         policy.model.train()
         reference = load_reference(base_path, recipe, accelerator) if recipe.train.beta > 0 else None
         pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
-        engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name)
+        checker = checker_for(recipe.supervision, run.path / SUPERVISION_DIR, PartialState().process_index, on_message)
+        engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name,
+                        checker)
         with pool:
             return run_steps(engine, run, start.checkpoint, test_samples, total, on_step, on_message)
 
 
 TRACKING_DIR = "tracking"  # RUN/tracking/: what file-based trackers (TensorBoard, ...) write
+SUPERVISION_DIR = "supervision"  # RUN/supervision/: the LLM checker's ratings and the refined references
+
+
+def refined_samples(recipe: Recipe, run: RunDir, samples: list[Sample], on_message: Callable[[str], None]
+                    ) -> list[Sample]:
+    """The training samples with the references the LLM refiner rewrote and the checks accepted (supervision/)."""
+    refiner = refiner_for(recipe.supervision, run.path / SUPERVISION_DIR / "refined.jsonl", recipe.verifier.answer_flag)
+    report = refiner.refine(list(samples))
+    on_message(report.summary() + "".join(f"; {reason}" for reason in report.reasons[:1]))
+    return report.samples
 
 
 def trackers(recipe: Recipe) -> list[str]:

@@ -228,6 +228,8 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
      "[model].name_or_path: cannot load"),
     ("recipe-model-path-from-the-wrong-folder", lambda x: ["train", str(x.recipe({"model": {"name_or_path": "models/mine"}}))],
      "cannot load model 'models/mine': no local directory"),
+    ("recipe-llm-checker-without-server", lambda x: ["train", str(x.recipe({"supervision": {"checker": "llm"}})), "--dry-run"],
+     '[supervision]: checker or refiner = "llm" needs base_url and model'),
     ("recipe-missing-data", lambda x: ["train", str(x.recipe({"data": {"train": str(x.tmp / "none.jsonl")}})), "--dry-run"],
      "none.jsonl: dataset file not found"),
     ("recipe-data-is-a-directory", lambda x: ["train", str(x.recipe({"data": {"train": str(x.tmp)}})), "--dry-run"],

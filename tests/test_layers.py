@@ -17,7 +17,7 @@ LAYERS = [
     ["rollout"],
     ["batch"],
     ["traces"],
-    ["evaluate", "pseudo_thinking", "plan", "prepare"],
+    ["evaluate", "pseudo_thinking", "plan", "prepare", "supervision"],
     ["inspect_run", "report_html", "trainer"],
     ["compare"],
     ["ui"],

@@ -167,3 +167,44 @@ def prepare_jsonl(
     ),
 ) -> None:
     _run("jsonl", input_, out, Options(split=split, limit=limit, task=task, field_map=parse_field_map(field_map)))
+
+
+@app.command("refine")
+def prepare_refine(
+    input_: Annotated[Path, typer.Option("--input", help="A dataset in dyme's schema (JSONL, images beside it).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the refined dataset (same file name) and its images.")],
+    base_url: Annotated[str, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")],
+    model: Annotated[str, typer.Option("--model", help="The served model's name.")],
+    template: Annotated[Optional[str], typer.Option(
+        "--template", help="The reference template: a file or the text (default: read, then compute, then conclude).")] = None,
+    answer_flag: Annotated[str, typer.Option("--answer-flag", help="Text that introduces the final answer.")] = "Answer:",
+    api_key_env: Annotated[Optional[str], typer.Option(
+        "--api-key-env", help="Environment variable holding the API key (the key itself is never an option).")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Requests in flight.")] = 8,
+    timeout_s: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per request.")] = 60.0,
+) -> None:
+    """Write a reference trace for every sample with an LLM (the refiner), keeping the original where the refined one
+    concludes another answer or states values the facts do not give. Interrupted, it goes on where it stopped."""
+    import shutil
+
+    from ..data import read_samples, write_samples
+    from ..recipe import SupervisionSection
+    from ..supervision import refiner_for
+    from ..ui import image_check_progress, progress_bar
+
+    with image_check_progress() as on_progress:
+        samples = read_samples(input_, on_progress=on_progress)
+    section = SupervisionSection(refiner="llm", base_url=base_url, model=model, api_key_env=api_key_env,
+                                 concurrency=concurrency, timeout_s=timeout_s, template=template)
+    refiner = refiner_for(section, out / ".refine-cache.jsonl", answer_flag)
+    with progress_bar() as progress:
+        task = progress.add_task("refining", total=None, stats="")
+        report = refiner.refine(list(samples), on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                                             total=total))
+    for image in sorted({name for s in samples for name in s.images}):
+        (out / image).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(input_.parent / image, out / image)
+    count = write_samples(out / input_.name, report.samples)
+    console.print(f"wrote {count} samples to {out / input_.name}; {report.summary()}")
+    for reason in report.reasons:
+        console.print(f"  {reason}")

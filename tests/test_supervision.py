@@ -1,0 +1,212 @@
+"""The LLM checker and refiner: reply parsing and the refiner's acceptance rules by hand, then the plumbing against a
+real OpenAI-compatible server (llama.cpp's, serving SmolLM2-135M-Instruct from PyPI), a server that is down, one
+that never answers and one that answers nonsense."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dyme_cli.cli import app
+from dyme_cli.data import read_samples, write_samples
+from dyme_cli.recipe import SupervisionSection
+from dyme_cli.supervision import (PARSE_RETRIES, Checker, parse_rating, refiner_for, rejection,
+                                  template_version)
+from dyme_cli.trainer import train
+
+from conftest import small_recipe
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("reply, score", [
+    ("high", 1.0), ("Medium.", 0.5), ("rating: LOW", 0.0), ("I'd say medium, maybe high", 0.5),
+    ("banana", None), ("highly unclear", None), ("", None),
+])
+def test_a_rating_is_the_first_level_a_reply_names(reply, score):
+    assert parse_rating(reply) == score
+
+
+@pytest.fixture(scope="module")
+def chart_sample(chart_data):
+    """A chart sample whose facts hold the bars' values."""
+    return next(s for s in read_samples(chart_data / "train.jsonl") if s.meta.get("kind") == "sum")
+
+
+def test_a_refined_trace_is_kept_only_when_grounded_and_concluding_the_gold_answer(chart_sample):
+    bars = chart_sample.facts["values"]  # {"red": 7, "green": 1, ...}
+    readings = " ".join(f"The {label} bar is {value}." for label, value in bars.items())
+    total = " + ".join(str(v) for v in bars.values())
+    good = f"The question asks for the sum of all bar values. {readings} {total} = {chart_sample.answer}."
+    assert rejection(chart_sample, good, "Answer:") is None, good
+    assert rejection(chart_sample, "", "Answer:") == "empty"
+    assert "not the gold answer" in rejection(chart_sample, good + " Answer: 999", "Answer:")
+    misread = good.replace(f"is {next(iter(bars.values()))}.", "is 77.", 1)
+    assert rejection(chart_sample, misread, "Answer:").startswith(("ungrounded-value", "conclusion-mismatch"))
+
+
+# ---------------------------------------------------------------- servers that misbehave
+
+
+class _Nonsense(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that answers every chat request with a word that is no rating."""
+
+    requests = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        type(self).requests += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "banana"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _checker(url: str, tmp_path: Path, messages: list, **section) -> Checker:
+    settings = {"checker": "llm", "base_url": url, "model": "m", "max_retries": 0, "timeout_s": 2.0, **section}
+    from dyme_cli.supervision import checker_for
+
+    return checker_for(SupervisionSection(**settings), tmp_path / "supervision", 0, messages.append)
+
+
+def test_a_server_that_is_down_leaves_the_local_reward_says_so_once_and_counts_it(tmp_path, chart_sample):
+    messages = []
+    checker = _checker(f"http://127.0.0.1:{_free_port()}/v1", tmp_path, messages)
+    assert checker.rate([(chart_sample, "a"), (chart_sample, "b")]) == [None, None]
+    assert checker.rate([(chart_sample, "c")]) == [None]
+    assert checker.counts.fallbacks == 3 and checker.counts.cache_hits == 0
+    assert len(messages) == 1 and "cannot be reached (APIConnectionError)" in messages[0]
+
+
+def test_a_server_that_never_answers_is_given_up_within_the_step_budget(tmp_path, chart_sample):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        checker = _checker(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", tmp_path, [], timeout_s=30.0,
+                           step_budget_s=1.0)
+        started = time.monotonic()
+        assert checker.rate([(chart_sample, "a"), (chart_sample, "b")]) == [None, None]
+        assert time.monotonic() - started < 5 and checker.counts.fallbacks == 2
+
+
+def test_replies_that_name_no_level_are_asked_again_then_fall_back(tmp_path, chart_sample):
+    server = HTTPServer(("127.0.0.1", 0), _Nonsense)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _Nonsense.requests = 0
+        checker = _checker(f"http://127.0.0.1:{server.server_port}/v1", tmp_path, [], concurrency=1)
+        assert checker.rate([(chart_sample, "a")]) == [None]
+        assert _Nonsense.requests == checker.counts.calls == checker.counts.unparseable == 1 + PARSE_RETRIES
+        assert checker.counts.fallbacks == 1
+    finally:
+        server.shutdown()
+
+
+# ---------------------------------------------------------------- a real server
+
+
+@pytest.fixture(scope="module")
+def llm_server(smollm2_gguf):
+    """llama.cpp's OpenAI-compatible server on a free loopback port, serving SmolLM2-135M-Instruct."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (pip install -e '.[dev]')")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--model_alias", "smollm2",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            break
+        except OSError:
+            assert server.poll() is None, "the llama.cpp server exited at start"
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _subset(chart_data: Path, folder: Path, n: int) -> Path:
+    """The first `n` chart training samples with their images, in a folder of their own."""
+    samples = read_samples(chart_data / "train.jsonl")[:n]
+    for image in {name for s in samples for name in s.images}:
+        (folder / image).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(chart_data / image, folder / image)
+    write_samples(folder / "train.jsonl", samples)
+    return folder / "train.jsonl"
+
+
+def _section(url: str, **settings) -> SupervisionSection:
+    return SupervisionSection(**{"base_url": url, "model": "smollm2", "timeout_s": 60.0, "max_retries": 1,
+                                 "concurrency": 2, **settings})
+
+
+def test_the_checker_rates_through_a_real_server_and_asks_nothing_twice(llm_server, tmp_path, chart_sample):
+    from dyme_cli.supervision import checker_for
+
+    requests = [(chart_sample, "The red bar is 3. 3 + 4 = 7."), (chart_sample, "I like charts."), (chart_sample, "")]
+    checker = checker_for(_section(llm_server, checker="llm"), tmp_path, 0, lambda m: None)
+    scores = checker.rate(requests)
+    assert all(score in (0.0, 0.5, 1.0, None) for score in scores)
+    counts = checker.counts
+    assert counts.fallbacks == scores.count(None) and counts.calls >= len(requests)
+    assert counts.calls - counts.unparseable == len(requests) - counts.fallbacks  # each parsed reply rated one rollout
+    again = checker_for(_section(llm_server, checker="llm"), tmp_path, 0, lambda m: None)  # a resumed run
+    assert again.rate(requests) == scores
+    assert again.counts.calls == 0 and again.counts.cache_hits == len(requests) - scores.count(None)
+
+
+def test_the_refiner_and_prepare_refine_through_a_real_server_resume_from_their_cache(llm_server, tmp_path, chart_data):
+    source = _subset(chart_data, tmp_path / "data", 3)
+    args = ["prepare", "refine", "--input", str(source), "--out", str(tmp_path / "refined"), "--base-url", llm_server,
+            "--model", "smollm2", "--concurrency", "2"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    refined = read_samples(tmp_path / "refined" / "train.jsonl")  # images copied beside it
+    assert [s.id for s in refined] == [s.id for s in read_samples(source)]
+    cache = [json.loads(line) for line in (tmp_path / "refined" / ".refine-cache.jsonl").read_text().splitlines()]
+    assert len(cache) == 3 and {c["template"] for c in cache} == {template_version(refiner_for(_section(llm_server), None, "Answer:").template)}
+    for sample, record in zip(refined, cache):  # accepted ones replaced the reference, rejected ones kept it
+        assert (sample.reference == record["reference"]) == (record["status"] == "accepted")
+    second = CliRunner().invoke(app, args)
+    assert "3 of them from the cache" in " ".join(second.output.split())
+
+
+def test_two_dyme_steps_with_the_llm_checker_and_refiner(llm_server, tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=2, prompts_per_step=2)
+    recipe.data.train, recipe.data.test = _subset(chart_data, tmp_path / "data", 2), None
+    recipe.supervision = _section(llm_server, checker="llm", refiner="llm")
+    messages = []
+    train(recipe, on_message=messages.append)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rollouts = recipe.train.prompts_per_step * recipe.rollout.num_generations
+    for m in metrics:
+        assert m["checker_cache_hits"] + m["checker_calls"] - m["checker_unparseable"] + m["checker_fallbacks"] >= rollouts
+    assert any("refined references:" in m for m in messages)
+    recipe.train.max_steps = 3
+    resumed = []
+    train(recipe, resume=True, on_message=resumed.append)
+    assert any("2 of them from the cache" in m for m in resumed)
