@@ -13,6 +13,7 @@ from .pseudo_thinking import Flag, filter_traces, flag_traces, load_traces, samp
 from .recipe import Recipe, RecipeError, load_recipe
 from .rundir import RunDir
 from .traces import Trace
+from .verdict import split_completion
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Inspection:
     samples: dict[str, Sample]  # by prompt id, for questions and image thumbnails
     summary: dict
     notes: list[str]  # things the user should know (a recorded dataset that is gone, ...)
+    answer_flag: str = "Answer:"
 
     def rollouts(self, flag: str | None = None, only_flagged: bool = False) -> list[tuple[Trace, list[Flag]]]:
         """The rollout traces with their flags; only those with `flag`, or with any flag (`only_flagged`)."""
@@ -100,7 +102,7 @@ def inspect(path: Path, *, data: list[Path] = (), steps=None, mode: str | None =
     flags = flag_traces(traces, sample_contexts(samples.values()), answer_flag=answer_flag)
     if not samples and traces:
         notes.append("no sample data: ungrounded-value, ignores-image and parroted-reference were not checked")
-    return Inspection(traces, flags, samples, summarize(traces, flags, windows=windows), notes)
+    return Inspection(traces, flags, samples, summarize(traces, flags, windows=windows), notes, answer_flag)
 
 
 def _samples_carried_by(traces: list[Trace], known: dict[str, Sample]) -> dict[str, Sample]:
@@ -114,3 +116,30 @@ def _samples_carried_by(traces: list[Trace], known: dict[str, Sample]) -> dict[s
                               answer=str(trace.get("gold", "")), images=list(trace.get("images") or []),
                               reference=trace.get("reference") or "", facts=trace.get("facts") or {})
     return carried
+
+
+GROUNDING_FLAGS = ("ungrounded-value", "ignores-image", "right-for-wrong-reasons")  # what the checker also judges
+EXAMPLES = 3
+
+
+def checker_agreement(inspection: Inspection, checker) -> dict:
+    """The LLM checker's rating of every rollout whose sample is known, against the grounding detectors: how often
+    it rates low what they leave unflagged, and high what they flag (supervision/checker.py)."""
+    rated = [(t, f, inspection.samples[t["prompt_id"]]) for t, f in inspection.rollouts()
+             if t.get("prompt_id") in inspection.samples]
+    scores = checker.rate([(sample, split_completion(t.get("completion") or "", inspection.answer_flag).thinking)
+                           for t, _, sample in rated])
+    low_unflagged, high_flagged = [], []
+    for (trace, flags, _), score in zip(rated, scores):
+        flagged = [f.name for f in flags if f.name in GROUNDING_FLAGS]
+        where = {"step": trace.get("step"), "prompt_id": trace.get("prompt_id"), "rollout": trace.get("rollout"),
+                 "rating": score, "flags": flagged}
+        if score == 0.0 and not flagged:
+            low_unflagged.append(where)
+        elif score == 1.0 and flagged:
+            high_flagged.append(where)
+    ratings = [s for s in scores if s is not None]
+    return {"rated": len(ratings), "unrated": len(scores) - len(ratings),
+            "mean_rating": sum(ratings) / len(ratings) if ratings else None,
+            "low_but_unflagged": len(low_unflagged), "high_but_flagged": len(high_flagged),
+            "examples": low_unflagged[:EXAMPLES] + high_flagged[:EXAMPLES]}

@@ -11,6 +11,7 @@ and image-token counts.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callab
     tasks, first = _check_data(recipe, plan, on_image_check)
     _check_verifiers(recipe, tasks, plan)
     _check_batches(recipe, plan, processes)
+    _check_supervision(recipe, plan)
     _check_precision(recipe, plan)
     config = _check_model(recipe, plan)
     prompt_tokens = _check_prompt(recipe, plan, first, config) if first is not None else 1
@@ -135,6 +137,19 @@ def _check_batches(recipe: Recipe, plan: Plan, processes: int) -> None:
     if recipe.run.save_every > train.max_steps:
         plan.notes.append(f"[run].save_every = {recipe.run.save_every} > [train].max_steps: only the final "
                           "checkpoint is written")
+
+
+def _check_supervision(recipe: Recipe, plan: Plan) -> None:
+    """The LLM checker and refiner, if any (the server is not called: a dry run sends nothing)."""
+    section = recipe.supervision
+    if not section.uses_llm:
+        return
+    evolve = f", template evolution every {section.evolve_every} steps" if section.evolve_every else ""
+    plan.add("supervision", f"checker {section.checker}, refiner {section.refiner}{evolve}: {section.model} at "
+                            f"{section.base_url}, {section.concurrency} requests at once, {section.timeout_s:g} s each, "
+                            f"at most {section.step_budget_s:g} s of rating per step")
+    if section.api_key_env and section.api_key_env not in os.environ:
+        plan.problems.append(f"[supervision].api_key_env: the environment variable {section.api_key_env} is not set")
 
 
 def _per_process(recipe: Recipe, plan: Plan, processes: int) -> None:

@@ -230,11 +230,15 @@ class SupervisionSection(_Section):
         120.0, gt=0, le=86400, description="the most time rating a step's rollouts may take; later ones fall back")
     cache: bool = Field(True, description="remember ratings and refined references in the run directory")
     template: Optional[str] = Field(None, description="the refiner's reference template: a file path or the text")
+    evolve_every: Optional[int] = Field(
+        None, ge=1, description="every N steps a correct rollout rated high may propose a new template (off: none)")
 
     @model_validator(mode="after")
     def _server_given(self) -> "SupervisionSection":
         if (self.checker == "llm" or self.refiner == "llm") and not (self.base_url and self.model):
             raise ValueError("checker or refiner = \"llm\" needs base_url and model")
+        if self.evolve_every is not None and not (self.checker == "llm" and self.refiner == "llm"):
+            raise ValueError("evolve_every needs checker = \"llm\" (the ratings) and refiner = \"llm\" (the template)")
         return self
 
     @property

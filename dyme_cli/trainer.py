@@ -36,7 +36,8 @@ from .plugins import load_verifiers
 from .recipe import Recipe, RecipeError, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RunDir, RunDirError, checkpoint_step, describe_changes, state_file
-from .supervision import Checker, CheckerCounts, checker_for, refiner_for
+from .supervision import (ChatClient, Checker, CheckerCounts, TemplateStore, best_thinking, checker_for, refiner_for,
+                          template_store)
 from .traces import Trace, step_metrics, step_traces
 from .verdict import split_completion
 from .verify_pool import STOP_SIGNALS, VerifierPool
@@ -91,6 +92,7 @@ class Engine:
     reference: torch.nn.Module | None = None
     run_name: str = ""
     checker: Checker | None = None  # [supervision].checker = "llm": the thinking reward comes from it
+    unrefined: list[Sample] = field(default_factory=list)  # the samples as read, when the refiner rewrote them
     prompt_cache: dict[str, dict] = field(default_factory=dict)
     prompt_cache_bytes: int = 0
 
@@ -556,8 +558,9 @@ def train(
             on_message(skipped)
         verifiers = load_verifiers(task_lines(samples, test_samples), recipe.verifier.answer_flag,
                                    recipe.verifier.options)
+        unrefined = samples
         if recipe.supervision.refiner == "llm":
-            samples = processes.on_main(lambda: refined_samples(recipe, run, samples, on_message))
+            samples = processes.on_main(lambda: refined_samples(recipe, run, unrefined, on_message))
 
         torch.manual_seed(recipe.run.seed)
         random.seed(recipe.run.seed)
@@ -590,7 +593,7 @@ def train(
         pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
         checker = checker_for(recipe.supervision, run.path / SUPERVISION_DIR, PartialState().process_index, on_message)
         engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name,
-                        checker)
+                        checker, unrefined)
         with pool:
             return run_steps(engine, run, start.checkpoint, test_samples, total, on_step, on_message)
 
@@ -601,11 +604,42 @@ SUPERVISION_DIR = "supervision"  # RUN/supervision/: the LLM checker's ratings a
 
 def refined_samples(recipe: Recipe, run: RunDir, samples: list[Sample], on_message: Callable[[str], None]
                     ) -> list[Sample]:
-    """The training samples with the references the LLM refiner rewrote and the checks accepted (supervision/)."""
-    refiner = refiner_for(recipe.supervision, run.path / SUPERVISION_DIR / "refined.jsonl", recipe.verifier.answer_flag)
+    """The training samples with the references the LLM refiner rewrote in the run's current template and the
+    checks accepted (supervision/)."""
+    template = run_templates(recipe, run).current
+    refiner = refiner_for(recipe.supervision, run.path / SUPERVISION_DIR / "refined.jsonl", recipe.verifier.answer_flag,
+                          template.text)
     report = refiner.refine(list(samples))
-    on_message(report.summary() + "".join(f"; {reason}" for reason in report.reasons[:1]))
+    on_message(f"template v{template.version}: " + report.summary()
+               + "".join(f"; {reason}" for reason in report.reasons[:1]))
     return report.samples
+
+
+def run_templates(recipe: Recipe, run: RunDir) -> TemplateStore:
+    return template_store(recipe.supervision, run.path / SUPERVISION_DIR / "templates")
+
+
+def evolved_samples(engine: Engine, run: RunDir, traces: list[Trace], step: int, on_message: Callable[[str], None]
+                    ) -> list[Sample] | None:
+    """Template evolution (supervision/templates.py): the step's first correct rollout the checker rated high may
+    give the refiner a new template; when it does, the training samples are refined again with it. None: no change
+    (no such rollout, the comparison kept the template, or the server failed, which is said and skipped)."""
+    from openai import APIError
+
+    flag = engine.recipe.verifier.answer_flag
+    best = best_thinking([(split_completion(t["completion"], flag).thinking, f"{t['prompt_id']}#{t['rollout']}",
+                           t["rewards"].get("thinking"), t["correct"]) for t in traces if t["kind"] == "rollout"])
+    if best is None:
+        return None
+    try:
+        new = run_templates(engine.recipe, run).evolve(ChatClient(engine.recipe.supervision), best[0], step, best[1])
+    except APIError as exc:
+        on_message(f"step {step}: template evolution skipped ({type(exc).__name__})")
+        return None
+    if new is None:
+        return None
+    on_message(f"step {step}: the refiner's template is now v{new.version} (from rollout {best[1]})")
+    return refined_samples(engine.recipe, run, engine.unrefined, on_message)
 
 
 def trackers(recipe: Recipe) -> list[str]:
@@ -783,6 +817,9 @@ def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples
                 run.append_traces(outcome.traces)
             engine.accelerator.log(tracked(outcome.metrics), step=step)  # the main process's trackers, if any
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
+            if evolves_at(recipe, step):
+                engine.samples = processes.on_main(
+                    lambda: evolved_samples(engine, run, outcome.traces, step, on_message)) or engine.samples
             nonfinite_streak = nonfinite_streak + 1 if outcome.metrics["nonfinite_updates"] else 0
             if nonfinite_streak == NONFINITE_LIMIT:
                 raise TrainingDiverged(step, result.checkpoint)
@@ -802,6 +839,11 @@ def evaluates_at(recipe: Recipe, step: int, total: int) -> bool:
     """Held-out evaluation after this step: every `[run].eval_every` steps, and after the last with `eval_after`."""
     every = recipe.run.eval_every
     return (step == total and recipe.run.eval_after) or (every is not None and step % every == 0)
+
+
+def evolves_at(recipe: Recipe, step: int) -> bool:
+    every = recipe.supervision.evolve_every
+    return every is not None and step % every == 0
 
 
 def eval_metrics(report: EvalReport) -> dict:

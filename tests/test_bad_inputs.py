@@ -230,6 +230,11 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
      "cannot load model 'models/mine': no local directory"),
     ("recipe-llm-checker-without-server", lambda x: ["train", str(x.recipe({"supervision": {"checker": "llm"}})), "--dry-run"],
      '[supervision]: checker or refiner = "llm" needs base_url and model'),
+    ("recipe-llm-key-variable-unset", lambda x: ["train", str(x.recipe({"supervision": {
+        "checker": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "DYME_SWEEP_UNSET_KEY"}})),
+        "--dry-run"], "[supervision].api_key_env: the environment variable DYME_SWEEP_UNSET_KEY is not set"),
+    ("recipe-evolution-without-the-llm", lambda x: ["train", str(x.recipe({"supervision": {"evolve_every": 5}})), "--dry-run"],
+     "evolve_every needs checker"),
     ("recipe-missing-data", lambda x: ["train", str(x.recipe({"data": {"train": str(x.tmp / "none.jsonl")}})), "--dry-run"],
      "none.jsonl: dataset file not found"),
     ("recipe-data-is-a-directory", lambda x: ["train", str(x.recipe({"data": {"train": str(x.tmp)}})), "--dry-run"],

@@ -63,16 +63,17 @@ def test_a_refined_trace_is_kept_only_when_grounded_and_concluding_the_gold_answ
 # ---------------------------------------------------------------- servers that misbehave
 
 
-class _Nonsense(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that answers every chat request with a word that is no rating."""
+class _FakeServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint whose reply is `answer(system prompt, user message)`."""
 
-    requests = 0
+    def answer(self, system: str, user: str) -> str:
+        raise NotImplementedError
 
     def do_POST(self):  # noqa: N802 (http.server's name)
-        type(self).requests += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content = self.answer(request["messages"][0]["content"], request["messages"][-1]["content"])
         body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "banana"}}]}).encode()
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -81,6 +82,16 @@ class _Nonsense(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _Nonsense(_FakeServer):
+    """Answers every chat request with a word that is no rating."""
+
+    requests = 0
+
+    def answer(self, system, user):
+        type(self).requests += 1
+        return "banana"
 
 
 def _checker(url: str, tmp_path: Path, messages: list, **section) -> Checker:
@@ -210,3 +221,121 @@ def test_two_dyme_steps_with_the_llm_checker_and_refiner(llm_server, tmp_path, c
     resumed = []
     train(recipe, resume=True, on_message=resumed.append)
     assert any("2 of them from the cache" in m for m in resumed)
+
+
+@pytest.mark.parametrize("reply, facts", [
+    ('{"red": 7, "green": 1}', {"red": 7, "green": 1}),
+    ('Here they are: {"lesion": true, "side": "left", "sizes": [1, 2]} Hope this helps.', {"lesion": True, "side": "left"}),
+    ("no facts", None), ("{not json}", None), ('{"nested": {"a": 1}}', None), ("[1, 2]", None),
+])
+def test_facts_are_the_plain_values_of_the_json_object_in_a_reply(reply, facts):
+    from dyme_cli.supervision.refiner import parse_facts
+
+    assert parse_facts(reply) == facts
+
+
+def test_a_sample_without_facts_gets_them_from_its_reference_before_refining(tmp_path, chart_data):
+    """One request reads the facts out of the reference, the next refines with them; both are remembered."""
+    sample = read_samples(chart_data / "train.jsonl")[0].model_copy(update={"facts": {}})
+    bars = read_samples(chart_data / "train.jsonl")[0].facts["values"]
+    replies = iter([json.dumps(bars), "Some reasoning."])
+
+    class Scripted:
+        base_url = "scripted"
+
+        def reply(self, messages, max_tokens):
+            return next(replies)
+
+    from dyme_cli.supervision import Refiner
+
+    report = Refiner(Scripted(), "template", "Answer:", 1, tmp_path / "refined.jsonl").refine([sample])
+    assert report.samples[0].facts == bars
+    again = Refiner(Scripted(), "template", "Answer:", 1, tmp_path / "refined.jsonl").refine([sample])  # no request
+    assert again.samples[0].facts == bars and again.cached == 1
+
+
+def test_a_proposed_template_is_kept_with_its_provenance_only_when_the_comparison_prefers_it(tmp_path):
+    from dyme_cli.supervision import TemplateStore
+
+    class Scripted:
+        def __init__(self, *replies):
+            self.replies = iter(replies)
+
+        def reply(self, messages, max_tokens):
+            return next(self.replies)
+
+    store = TemplateStore(tmp_path / "templates", "Read, then compute.")
+    assert store.evolve(Scripted("Read each bar, then compute.", "A"), "thinking", step=4, source="p1#0") is None
+    new = store.evolve(Scripted("Read each bar, then compute.", "B."), "thinking", step=8, source="p2#1")
+    assert new.version == 1 and new.text == "Read each bar, then compute."
+    resumed = TemplateStore(tmp_path / "templates", "ignored: the run has its own")
+    assert resumed.current == new
+    assert [(r["version"], r["step"], r["source"]) for r in resumed.history] == [(0, 0, "recipe"), (1, 8, "p2#1")]
+    assert (tmp_path / "templates" / "v001.txt").read_text().strip() == new.text
+
+
+class _Judge(_FakeServer):
+    """Replies that follow the request's system prompt: a generous judge that rates everything high, proposes a
+    template, prefers it, and refines with the values it is given."""
+
+    def answer(self, system, user):
+        if system.startswith("You check"):
+            return "high"
+        if system.startswith("You maintain"):
+            return "Say what is asked, read the values, compute, conclude."
+        if system.startswith("Two templates"):
+            return "B"
+        return "The values are " + user.split("Facts: ", 1)[1].split("\n", 1)[0] + "."  # the refiner
+
+
+def test_template_evolution_in_a_run_refines_the_samples_again_with_the_new_template(tmp_path, chart_data, monkeypatch):
+    from dyme_cli.verify_pool import VerifierPool
+
+    real = VerifierPool.verify_groups
+
+    def all_correct(self, requests):  # a policy that answers everything right: any rollout can be the best
+        verdicts, failures = real(self, requests)
+        for group in verdicts:
+            for verdict in group:
+                verdict.correct = True
+        return verdicts, failures
+
+    server = HTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        recipe = small_recipe(chart_data, tmp_path / "run", max_steps=2, prompts_per_step=2)
+        recipe.data.train, recipe.data.test = _subset(chart_data, tmp_path / "data", 2), None
+        recipe.supervision = _section(f"http://127.0.0.1:{server.server_port}/v1", checker="llm", refiner="llm",
+                                      evolve_every=1)
+        monkeypatch.setattr(VerifierPool, "verify_groups", all_correct)
+        messages = []
+        train(recipe, on_message=messages.append)
+    finally:
+        server.shutdown()
+    templates = tmp_path / "run" / "supervision" / "templates"
+    history = [json.loads(line) for line in (templates / "history.jsonl").read_text().splitlines()]
+    assert [h["version"] for h in history] == [0, 1] and history[1]["step"] == 1  # step 2 proposed the same: kept
+    assert any(m.startswith("step 1: the refiner's template is now v1") for m in messages)
+    refined = [json.loads(line) for line in (tmp_path / "run" / "supervision" / "refined.jsonl").read_text().splitlines()]
+    assert len({r["template"] for r in refined}) == 2 and len(refined) == 4  # both samples, under both templates
+
+
+def test_inspect_traces_reports_where_the_llm_checker_and_the_detectors_disagree(tmp_path, chart_data):
+    from dyme_cli.inspect_run import GROUNDING_FLAGS
+
+    train(small_recipe(chart_data, tmp_path / "run", max_steps=2))
+    server = HTTPServer(("127.0.0.1", 0), _Judge)  # rates every rollout high
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        plain = CliRunner().invoke(app, ["inspect-traces", str(tmp_path / "run"), "--json"])
+        checked = CliRunner().invoke(app, ["inspect-traces", str(tmp_path / "run"), "--json", "--checker-url",
+                                           f"http://127.0.0.1:{server.server_port}/v1", "--checker-model", "m"])
+    finally:
+        server.shutdown()
+    assert checked.exit_code == 0, checked.output
+    traces = json.loads(plain.output)["traces"]
+    agreement = json.loads(checked.output)["checker"]
+    flagged = sum(any(f["name"] in GROUNDING_FLAGS for f in t["flags"]) for t in traces)
+    assert agreement["rated"] == len(traces) and agreement["unrated"] == 0 and agreement["mean_rating"] == 1.0
+    assert agreement["high_but_flagged"] == flagged and agreement["low_but_unflagged"] == 0
+    assert (tmp_path / "run" / "supervision" / "checker.0.jsonl").is_file()  # a run's ratings are kept

@@ -26,6 +26,12 @@ def inspect_traces(
     answer_flag: Optional[str] = typer.Option(None, "--answer-flag", help="Answer flag (default: the run's, else 'Answer:')."),
     as_json: bool = typer.Option(False, "--json", help="Print per-trace flags and the summary as JSON."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report with plots."),
+    checker_url: Optional[str] = typer.Option(
+        None, "--checker-url", help="Also rate every rollout with the LLM checker at this OpenAI-compatible endpoint "
+        "and report where it disagrees with the grounding detectors."),
+    checker_model: Optional[str] = typer.Option(None, "--checker-model", help="The checker's model name (with --checker-url)."),
+    checker_key_env: Optional[str] = typer.Option(
+        None, "--checker-key-env", help="Environment variable holding the checker's API key."),
 ) -> None:
     """Flag pseudo thinking in logged rollouts, each flag with a one-line reason, then summarize the run."""
     from ..inspect_run import inspect, parse_steps
@@ -37,10 +43,12 @@ def inspect_traces(
     result = inspect(path, data=data, steps=parse_steps(steps), mode=mode, answer_flag=answer_flag)
     for message in result.notes:
         note(message)
+    agreement = _checker_agreement(result, path, checker_url, checker_model, checker_key_env)
     listed = result.rollouts(flag, only_flagged)
     if as_json:
         listed = listed[:limit] if limit is not None else listed
-        print(json.dumps({"traces": [_trace_json(t, f) for t, f in listed], "summary": result.summary}))
+        print(json.dumps({"traces": [_trace_json(t, f) for t, f in listed], "summary": result.summary,
+                          **({"checker": agreement} if agreement else {})}))
     else:
         shown = 30 if limit is None else limit
         if shown:
@@ -48,11 +56,39 @@ def inspect_traces(
         if len(listed) > shown:
             console.print(f"... {len(listed) - shown} more; use --limit, --flag or --only-flagged")
         _print_summary(result.summary)
+        if agreement:
+            _print_agreement(agreement)
     if html_out:
         from ..report_html import write_html
 
         write_html(html_out, result.traces, result.flags, result.summary, result.samples, title=f"dyme inspect-traces {path}")
         err_console.print(f"wrote {html_out}")
+
+
+def _checker_agreement(result, path: Path, url: Optional[str], model: Optional[str], key_env: Optional[str]
+                       ) -> dict | None:
+    """The LLM checker against the detectors (inspect_run.checker_agreement); ratings kept in a run's supervision/."""
+    if url is None:
+        return None
+    if model is None:
+        raise BadArgument("--checker-url needs --checker-model")
+    from ..inspect_run import checker_agreement
+    from ..recipe import SupervisionSection
+    from ..supervision import checker_for
+
+    section = SupervisionSection(checker="llm", base_url=url, model=model, api_key_env=key_env, cache=path.is_dir())
+    checker = checker_for(section, path / "supervision", 0, note)
+    return checker_agreement(result, checker)
+
+
+def _print_agreement(agreement: dict) -> None:
+    mean = "-" if agreement["mean_rating"] is None else f"{agreement['mean_rating']:.2f}"
+    console.print(f"LLM checker: {agreement['rated']} rollouts rated (mean {mean}), {agreement['unrated']} not rated; "
+                  f"rated low but not flagged by the detectors: {agreement['low_but_unflagged']}; rated high but "
+                  f"flagged: {agreement['high_but_flagged']}")
+    for example in agreement["examples"]:
+        console.print(f"  step {example['step']} {escape(str(example['prompt_id']))} #{example['rollout']}: rating "
+                      f"{example['rating']}, flags {', '.join(example['flags']) or '-'}")
 
 
 def _trace_json(trace: dict, flags) -> dict:

@@ -16,10 +16,11 @@ from ..recipe import SupervisionSection
 from .checker import PARSE_RETRIES, Checker, CheckerCounts, checker_messages, parse_rating
 from .client import ChatClient, concurrently
 from .refiner import DEFAULT_TEMPLATE, RefineReport, Refiner, rejection, template_version
+from .templates import Template, TemplateStore, best_thinking
 
 __all__ = ["PARSE_RETRIES", "ChatClient", "Checker", "CheckerCounts", "DEFAULT_TEMPLATE", "RefineReport", "Refiner", "checker_for",
            "checker_messages", "concurrently", "parse_rating", "refiner_for", "rejection", "template_text",
-           "template_version"]
+           "template_version", "Template", "TemplateStore", "best_thinking", "template_store"]
 
 
 def template_text(template: str | None) -> str:
@@ -39,6 +40,13 @@ def checker_for(section: SupervisionSection, cache_dir: Path, process: int,
     return Checker(ChatClient(section), section.concurrency, section.step_budget_s, cache, on_message)
 
 
-def refiner_for(section: SupervisionSection, cache_file: Path | None, answer_flag: str) -> Refiner:
-    return Refiner(ChatClient(section), template_text(section.template), answer_flag, section.concurrency,
+def refiner_for(section: SupervisionSection, cache_file: Path | None, answer_flag: str, template: str | None = None
+                ) -> Refiner:
+    """The LLM refiner of `[supervision]`, with `template` (default: the recipe's, see template_text)."""
+    return Refiner(ChatClient(section), template or template_text(section.template), answer_flag, section.concurrency,
                    cache_file if section.cache else None)
+
+
+def template_store(section: SupervisionSection, folder: Path) -> TemplateStore:
+    """The run's templates (templates.py), starting from the recipe's."""
+    return TemplateStore(folder, template_text(section.template))

@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, TypeVar
 
-from ..recipe import SupervisionSection
+from ..recipe import RecipeError, SupervisionSection
 
 T = TypeVar("T")
 
@@ -19,7 +19,9 @@ class ChatClient:
     def __init__(self, section: SupervisionSection):
         from openai import OpenAI
 
-        key = os.environ.get(section.api_key_env, "") if section.api_key_env else ""
+        if section.api_key_env and section.api_key_env not in os.environ:
+            raise RecipeError(f"[supervision].api_key_env: the environment variable {section.api_key_env} is not set")
+        key = os.environ[section.api_key_env] if section.api_key_env else ""
         self.model = section.model
         self.base_url = section.base_url
         self.client = OpenAI(base_url=section.base_url, api_key=key or "not-needed", timeout=section.timeout_s,

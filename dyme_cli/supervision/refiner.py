@@ -25,6 +25,7 @@ DEFAULT_TEMPLATE = (
 )
 REJECTING_FLAGS = ("ungrounded-value", "conclusion-mismatch")  # a refined target must not teach these
 REPLY_TOKENS = 400
+FACTS_TOKENS = 200
 
 
 def template_version(template: str) -> str:
@@ -39,6 +40,28 @@ def refiner_messages(sample: Sample, template: str) -> list[dict]:
     user = (f"Facts: {facts}\nQuestion: {sample.question}\nCorrect answer: {sample.answer}\n"
             f"Current reasoning (may be wrong): {sample.reference or '(none)'}\nReasoning:")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+FACTS_PROMPT = ("List every fact about the image that this reasoning states (values, labels, counts, findings) as one "
+                "JSON object mapping a short name to its value. Reply with the JSON object only.")
+
+
+def facts_messages(sample: Sample) -> list[dict]:
+    return [{"role": "system", "content": FACTS_PROMPT},
+            {"role": "user", "content": f"Question: {sample.question}\nReasoning: {sample.reference}\nFacts:"}]
+
+
+def parse_facts(reply: str) -> dict | None:
+    """The JSON object in a reply (its plain values: text, numbers, booleans), or None when there is none."""
+    start, end = reply.find("{"), reply.rfind("}")
+    try:
+        found = json.loads(reply[start : end + 1]) if 0 <= start < end else None
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    plain = {str(k): v for k, v in found.items() if isinstance(v, (str, int, float, bool))}
+    return plain or None
 
 
 def rejection(sample: Sample, refined: str, answer_flag: str) -> str | None:
@@ -87,19 +110,25 @@ class Refiner:
         report = RefineReport(samples=[], cached=len(samples) - len(todo))
         done = [0]
 
-        def ask(sample: Sample) -> str:
+        def ask(sample: Sample) -> tuple[str, dict | None]:
+            """The refined reference, and the facts read from the original one when the sample had none."""
+            facts = None
+            if not sample.facts and sample.reference.strip():
+                facts = parse_facts(self.client.reply(facts_messages(sample), FACTS_TOKENS))
+                sample = sample.model_copy(update={"facts": facts or {}})
             text = self.client.reply(refiner_messages(sample, self.template), REPLY_TOKENS)
             done[0] += 1
             if on_progress:
                 on_progress(done[0], len(todo))
-            return text
+            return text, facts
 
         fresh = []
         for sample, outcome in zip(todo, concurrently([lambda s=s: ask(s) for s in todo], self.concurrency, budget_s)):
-            if isinstance(outcome, str):
-                why = rejection(sample, outcome, self.answer_flag)
+            if isinstance(outcome, tuple):
+                text, facts = outcome
+                why = rejection(sample.model_copy(update={"facts": facts}) if facts else sample, text, self.answer_flag)
                 known[sample.id] = {"id": sample.id, "template": version, "status": "rejected" if why else "accepted",
-                                    "reference": outcome.strip(), "reason": why}
+                                    "reference": text.strip(), "reason": why, "facts": facts}
                 fresh.append(known[sample.id])
             else:
                 report.failed += 1
@@ -112,6 +141,8 @@ class Refiner:
             append_jsonl(self.cache_file, fresh)
         for sample in samples:
             record = known.get(sample.id)
+            if record and record.get("facts"):
+                sample = sample.model_copy(update={"facts": record["facts"]})
             if record and record["status"] == "accepted":
                 report.accepted += 1
                 sample = sample.model_copy(update={"reference": record["reference"]})
