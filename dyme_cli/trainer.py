@@ -37,7 +37,7 @@ from .recipe import Recipe, RecipeError, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RunDir, RunDirError, checkpoint_step, describe_changes, state_file
 from .supervision import (ChatClient, Checker, CheckerCounts, TemplateStore, best_thinking, checker_for, refiner_for,
-                          template_store)
+                          template_store, with_facts)
 from .traces import Trace, step_metrics, step_traces
 from .verdict import split_completion
 from .verify_pool import STOP_SIGNALS, VerifierPool
@@ -561,6 +561,10 @@ def train(
         unrefined = samples
         if recipe.supervision.refiner == "llm":
             samples = processes.on_main(lambda: refined_samples(recipe, run, unrefined, on_message))
+        elif recipe.supervision.checker == "llm":  # the checker grounds on facts: read them where a sample has none
+            samples = processes.on_main(lambda: with_facts(unrefined, ChatClient(recipe.supervision),
+                                                           recipe.supervision.concurrency,
+                                                           run.path / SUPERVISION_DIR / "facts.jsonl"))
 
         torch.manual_seed(recipe.run.seed)
         random.seed(recipe.run.seed)

@@ -229,7 +229,7 @@ def test_two_dyme_steps_with_the_llm_checker_and_refiner(llm_server, tmp_path, c
     ("no facts", None), ("{not json}", None), ('{"nested": {"a": 1}}', None), ("[1, 2]", None),
 ])
 def test_facts_are_the_plain_values_of_the_json_object_in_a_reply(reply, facts):
-    from dyme_cli.supervision.refiner import parse_facts
+    from dyme_cli.supervision import parse_facts
 
     assert parse_facts(reply) == facts
 
@@ -339,3 +339,20 @@ def test_inspect_traces_reports_where_the_llm_checker_and_the_detectors_disagree
     assert agreement["rated"] == len(traces) and agreement["unrated"] == 0 and agreement["mean_rating"] == 1.0
     assert agreement["high_but_flagged"] == flagged and agreement["low_but_unflagged"] == 0
     assert (tmp_path / "run" / "supervision" / "checker.0.jsonl").is_file()  # a run's ratings are kept
+
+
+def test_facts_are_read_only_for_samples_with_a_reference_and_none_of_their_own(tmp_path, chart_data):
+    from dyme_cli.supervision import with_facts
+
+    first, second, third = read_samples(chart_data / "train.jsonl")[:3]
+    asked = []
+
+    class Reader:
+        def reply(self, messages, max_tokens):
+            asked.append(messages[-1]["content"])
+            return '{"red": 7}'
+
+    samples = [first.model_copy(update={"facts": {}}), second, third.model_copy(update={"facts": {}, "reference": ""})]
+    out = with_facts(samples, Reader(), 2, tmp_path / "facts.jsonl")
+    assert [s.facts for s in out] == [{"red": 7}, second.facts, {}] and len(asked) == 1
+    assert with_facts(samples, Reader(), 2, tmp_path / "facts.jsonl")[0].facts == {"red": 7} and len(asked) == 1

@@ -17,6 +17,7 @@ from ..pseudo_thinking import SampleContext
 from ..pseudo_thinking.detectors import flag_trace
 from ..verdict import split_completion
 from .client import ChatClient, concurrently, unreachable
+from .facts import with_facts
 
 DEFAULT_TEMPLATE = (
     "First say what the question asks. Then read every value it needs from the facts, one per sentence "
@@ -25,7 +26,6 @@ DEFAULT_TEMPLATE = (
 )
 REJECTING_FLAGS = ("ungrounded-value", "conclusion-mismatch")  # a refined target must not teach these
 REPLY_TOKENS = 400
-FACTS_TOKENS = 200
 
 
 def template_version(template: str) -> str:
@@ -40,28 +40,6 @@ def refiner_messages(sample: Sample, template: str) -> list[dict]:
     user = (f"Facts: {facts}\nQuestion: {sample.question}\nCorrect answer: {sample.answer}\n"
             f"Current reasoning (may be wrong): {sample.reference or '(none)'}\nReasoning:")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-FACTS_PROMPT = ("List every fact about the image that this reasoning states (values, labels, counts, findings) as one "
-                "JSON object mapping a short name to its value. Reply with the JSON object only.")
-
-
-def facts_messages(sample: Sample) -> list[dict]:
-    return [{"role": "system", "content": FACTS_PROMPT},
-            {"role": "user", "content": f"Question: {sample.question}\nReasoning: {sample.reference}\nFacts:"}]
-
-
-def parse_facts(reply: str) -> dict | None:
-    """The JSON object in a reply (its plain values: text, numbers, booleans), or None when there is none."""
-    start, end = reply.find("{"), reply.rfind("}")
-    try:
-        found = json.loads(reply[start : end + 1]) if 0 <= start < end else None
-    except ValueError:
-        return None
-    if not isinstance(found, dict):
-        return None
-    plain = {str(k): v for k, v in found.items() if isinstance(v, (str, int, float, bool))}
-    return plain or None
 
 
 def rejection(sample: Sample, refined: str, answer_flag: str) -> str | None:
@@ -105,30 +83,26 @@ class Refiner:
                budget_s: float | None = None) -> RefineReport:
         """Every sample with its refined reference where one was accepted (asked concurrently, remembered)."""
         version = template_version(self.template)
+        facts_cache = self.cache_file.with_name(f"{self.cache_file.stem}-facts.jsonl") if self.cache_file else None
+        samples = with_facts(samples, self.client, self.concurrency, facts_cache)  # grounding for samples without
         known = self._cached(version)
         todo = [s for s in samples if s.id not in known]
         report = RefineReport(samples=[], cached=len(samples) - len(todo))
         done = [0]
 
-        def ask(sample: Sample) -> tuple[str, dict | None]:
-            """The refined reference, and the facts read from the original one when the sample had none."""
-            facts = None
-            if not sample.facts and sample.reference.strip():
-                facts = parse_facts(self.client.reply(facts_messages(sample), FACTS_TOKENS))
-                sample = sample.model_copy(update={"facts": facts or {}})
+        def ask(sample: Sample) -> str:
             text = self.client.reply(refiner_messages(sample, self.template), REPLY_TOKENS)
             done[0] += 1
             if on_progress:
                 on_progress(done[0], len(todo))
-            return text, facts
+            return text
 
         fresh = []
         for sample, outcome in zip(todo, concurrently([lambda s=s: ask(s) for s in todo], self.concurrency, budget_s)):
-            if isinstance(outcome, tuple):
-                text, facts = outcome
-                why = rejection(sample.model_copy(update={"facts": facts}) if facts else sample, text, self.answer_flag)
+            if isinstance(outcome, str):
+                why = rejection(sample, outcome, self.answer_flag)
                 known[sample.id] = {"id": sample.id, "template": version, "status": "rejected" if why else "accepted",
-                                    "reference": text.strip(), "reason": why, "facts": facts}
+                                    "reference": outcome.strip(), "reason": why}
                 fresh.append(known[sample.id])
             else:
                 report.failed += 1
@@ -141,8 +115,6 @@ class Refiner:
             append_jsonl(self.cache_file, fresh)
         for sample in samples:
             record = known.get(sample.id)
-            if record and record.get("facts"):
-                sample = sample.model_copy(update={"facts": record["facts"]})
             if record and record["status"] == "accepted":
                 report.accepted += 1
                 sample = sample.model_copy(update={"reference": record["reference"]})
