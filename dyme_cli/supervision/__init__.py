@@ -15,14 +15,15 @@ from typing import Callable
 from ..recipe import SupervisionSection
 from .checker import PARSE_RETRIES, Checker, CheckerCounts, checker_messages, parse_rating
 from .client import ChatClient, concurrently
-from .refiner import DEFAULT_TEMPLATE, RefineReport, Refiner, rejection, template_version
 from .facts import parse_facts, with_facts
+from .refiner import DEFAULT_TEMPLATE, RefineReport, Refiner, rejection, template_version
 from .templates import Template, TemplateStore, best_thinking
 
-__all__ = ["PARSE_RETRIES", "ChatClient", "Checker", "CheckerCounts", "DEFAULT_TEMPLATE", "RefineReport", "Refiner", "checker_for",
-           "checker_messages", "concurrently", "parse_rating", "refiner_for", "rejection", "template_text",
-           "template_version", "Template", "TemplateStore", "best_thinking", "template_store", "parse_facts",
-           "with_facts"]
+__all__ = [
+    "DEFAULT_TEMPLATE", "PARSE_RETRIES", "ChatClient", "Checker", "CheckerCounts", "RefineReport", "Refiner", "Template",
+    "TemplateStore", "best_thinking", "checker_for", "checker_messages", "concurrently", "parse_facts", "parse_rating",
+    "refiner_for", "rejection", "template_store", "template_text", "template_version", "with_facts",
+]
 
 
 def template_text(template: str | None) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import Sample, append_jsonl, jsonl_records
+from ..errors import first_line
 from ..pseudo_thinking import SampleContext
 from ..pseudo_thinking.detectors import flag_trace
 from ..verdict import split_completion
@@ -108,7 +109,8 @@ class Refiner:
                 report.failed += 1
                 if len(report.reasons) < 3:
                     why = "no reply in time" if outcome is None else (
-                        f"server unreachable ({type(outcome).__name__})" if unreachable(outcome) else repr(outcome))
+                        f"server unreachable ({type(outcome).__name__})" if unreachable(outcome)
+                        else f"{type(outcome).__name__}: {first_line(outcome)}")
                     report.reasons.append(f"{sample.id}: {why}")
         if fresh and self.cache_file is not None:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
