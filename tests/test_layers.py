@@ -18,7 +18,7 @@ LAYERS = [
     ["batch"],
     ["traces"],
     ["evaluate", "pseudo_thinking", "plan", "prepare", "supervision"],
-    ["inspect_run", "report_html", "trainer"],
+    ["inspect_run", "report_html", "trainer", "runstart"],
     ["compare"],
     ["ui"],
     ["commands"],

@@ -168,7 +168,7 @@ def test_a_half_built_base_model_says_what_to_delete(tmp_path, chart_data, tiny_
 
 
 def test_a_base_model_build_that_stops_half_way_leaves_no_base_model(tmp_path, chart_data, monkeypatch):
-    import dyme_cli.trainer as trainer
+    import dyme_cli.runstart as runstart
 
     def stopped_while_building(section, base_dir, texts, seed):
         (Path(base_dir) / "config.json").write_text("{}")
@@ -177,7 +177,7 @@ def test_a_base_model_build_that_stops_half_way_leaves_no_base_model(tmp_path, c
     run = tmp_path / "run"
     recipe = small_recipe(chart_data, run, max_steps=1)
     with monkeypatch.context() as patch:
-        patch.setattr(trainer, "resolve_model_path", stopped_while_building)
+        patch.setattr(runstart, "resolve_model_path", stopped_while_building)
         with pytest.raises(KeyboardInterrupt):
             train(recipe)
     assert not (run / "base-model").exists() and RunDir(run).contents() == []
