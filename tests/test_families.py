@@ -66,3 +66,35 @@ def test_one_dyme_step_save_reload_evaluate(family, tmp_path, chart_data, math_d
         assert saved  # plain safetensors checkpoint
         vision = [n for n in changed if any(t in n for t in ("vision_model", "vision_tower", "visual"))]
         assert not vision  # freeze_vision is the default
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_completion_logprobs_computed_from_the_completion_positions_only_match_full_forwards(
+        family, tmp_path, chart_data, math_data):
+    """`logits_to_keep` (the head runs from the first completion position only) is supported by every family and
+    gives the log-probs of an unpadded forward of the whole sequence."""
+    from dyme_cli.data import read_samples
+    from dyme_cli.modeling import resolve_model_path
+    from dyme_cli.recipe import ModelSection
+    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+
+    text_only = FAMILIES[family][1]
+    samples = read_samples((math_data if text_only else chart_data) / "train.jsonl")
+    short, long = min(samples, key=lambda s: len(s.question)), max(samples, key=lambda s: len(s.question))
+    section = ModelSection(name_or_path=f"tiny:{family}", tiny={"image_size": 32, "hidden_size": 32,
+                                                                 "vision_hidden_size": 32, "intermediate_size": 64})
+    path = resolve_model_path(section, tmp_path / "model", [s.question + " " + s.answer for s in samples], 0)
+    policy = load_policy(path)
+    policy.model.eval()
+    completions = [policy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("so it is 5", "7")]
+    pairs = [with_completion(encode_prompt(policy, s), ids) for s, ids in zip((short, long), completions)]
+    assert pairs[0][1] != pairs[1][1]  # prompts of different lengths: the kept positions start at the shorter
+    with torch.no_grad():
+        logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id)
+    for i, (row, prompt_len) in enumerate(pairs):
+        with torch.no_grad():
+            logits = policy.model(**row).logits[0]
+        ids = row["input_ids"][0]
+        expected = [torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(prompt_len, len(ids))]
+        assert logp[i, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
+        assert mask[i].sum() == len(expected)
