@@ -97,4 +97,4 @@ def test_completion_logprobs_computed_from_the_completion_positions_only_match_f
         ids = row["input_ids"][0]
         expected = [torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(prompt_len, len(ids))]
         assert logp[i, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
-        assert mask[i].sum() == len(expected)
+        assert mask[i].tolist() == [1.0] * len(expected) + [0.0] * (mask.shape[1] - len(expected))

@@ -1,6 +1,5 @@
 """Row assembly and the update: zero-advantage rows are never forwarded."""
 
-import pytest
 import torch
 from accelerate import Accelerator
 
@@ -8,7 +7,7 @@ from dyme_cli.batch import PromptGroup, Target
 from dyme_cli.data import read_samples
 from dyme_cli.dyme import GroupDecision, Mode
 from dyme_cli.modeling import load_policy
-from dyme_cli.rollout import Completion, completion_logprobs, encode_prompt, target_ids, with_completion
+from dyme_cli.rollout import Completion, encode_prompt, target_ids
 from dyme_cli.trainer import Engine, assemble_rows, build_optimizer, step_totals, update
 
 from conftest import small_recipe
@@ -50,23 +49,6 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
     assert sum(seen) == 3  # 3 rows, in micro-batches of at most 3
     assert stats["rows"] == 3 and stats["tokens"] == len(a) + len(c) + len(target[1])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
-
-
-def test_completion_logprobs_match_unpadded_single_row_forwards(chart_data, tiny_model_dir):
-    policy = load_policy(str(tiny_model_dir))
-    policy.model.eval()
-    samples = read_samples(chart_data / "train.jsonl")[:2]
-    completions = [policy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("red = 5, blue", "sum")]
-    pairs = [with_completion(encode_prompt(policy, s), ids) for s, ids in zip(samples, completions)]
-    logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id)
-    n0, n1 = map(len, completions)
-    assert mask.tolist() == [[1.0] * n0, [1.0] * n1 + [0.0] * (n0 - n1)]
-    for i, (row, prompt_len) in enumerate(pairs):
-        with torch.no_grad():
-            logits = policy.model(**row).logits[0]
-        ids = row["input_ids"][0]
-        expected = [torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(prompt_len, len(ids))]
-        assert logp[i, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
 
 
 def test_step_totals_count_the_active_rows_or_every_row_of_the_step(chart_data, tmp_path):
