@@ -250,9 +250,19 @@ def prepare_for_training(policy: Policy, section: ModelSection) -> None:
         for module in vision_towers(policy.model):
             module.requires_grad_(False)
     if section.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(policy.model)
         if section.lora is not None:
             policy.model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant), by transformers' current name for it
+    (`activation_checkpointing_enable`; `gradient_checkpointing_enable` before it, deprecated)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_lora(model, lora: LoraSection):

@@ -1,7 +1,10 @@
-"""LoRA runs: only the adapter trains, checkpoints hold a PEFT adapter, resume continues it, and export merges it."""
+"""LoRA runs: only the adapter trains, checkpoints hold a PEFT adapter, resume continues it, and export merges it;
+gradient checkpointing, with and without LoRA."""
 
 import json
+import warnings
 
+import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -82,3 +85,16 @@ def test_export_merges_the_adapter(tmp_path, chart_data):
                                    load_policy(str(result.checkpoint)).model(input_ids=ids).logits)
     again = runner.invoke(app, ["export", str(result.checkpoint), "--out", str(out)])
     assert again.exit_code == 2 and "is not empty" in again.output
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4}])
+def test_gradient_checkpointing_is_turned_on_by_transformers_current_name(tiny_model_dir, lora):
+    from dyme_cli.modeling import prepare_for_training
+    from dyme_cli.recipe import ModelSection
+
+    policy = load_policy(str(tiny_model_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated name on the way
+        prepare_for_training(policy, ModelSection(name_or_path=str(tiny_model_dir), gradient_checkpointing=True,
+                                                  lora=lora))
+    assert policy.model.is_activation_checkpointing
