@@ -172,19 +172,15 @@ def completion_logprobs(
     """Log-probabilities of each row's completion tokens under the policy that sampled them (logits / temperature,
     as TRL does), and the mask of those positions.
 
-    Both have shape (rows, max completion length); only completion tokens are scored, and the language-model head
-    runs only from the first position that predicts a completion token (`logits_to_keep`): the prompt's logits,
-    image tokens included, are never made.
+    Both have shape (rows, max completion length); only completion tokens are scored.
     """
     batch = collate([row for row, _ in rows], pad_id, "right")
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    first = min(prompt_len for _, prompt_len in rows) - 1  # the earliest position whose logits score a token
-    keep = batch["input_ids"].shape[1] - first
-    logits = model(**batch, logits_to_keep=keep).logits[:, :-1].float() / temperature
-    targets = batch["input_ids"][:, first + 1 :]
+    logits = model(**batch).logits[:, :-1].float() / temperature
+    targets = batch["input_ids"][:, 1:]
     token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    starts = torch.tensor([prompt_len - 1 - first for _, prompt_len in rows], device=targets.device)
-    lengths = batch["attention_mask"].sum(-1) - 1 - first - starts
+    starts = torch.tensor([prompt_len - 1 for _, prompt_len in rows], device=targets.device)
+    lengths = batch["attention_mask"].sum(-1) - 1 - starts
     width = int(lengths.max())
     positions = starts.unsqueeze(1) + torch.arange(width, device=targets.device).unsqueeze(0)
     mask = (torch.arange(width, device=targets.device).unsqueeze(0) < lengths.unsqueeze(1)).float()

@@ -69,10 +69,9 @@ def test_one_dyme_step_save_reload_evaluate(family, tmp_path, chart_data, math_d
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_completion_logprobs_computed_from_the_completion_positions_only_match_full_forwards(
-        family, tmp_path, chart_data, math_data):
-    """`logits_to_keep` (the head runs from the first completion position only) is supported by every family and
-    gives the log-probs of an unpadded forward of the whole sequence."""
+def test_completion_logprobs_of_padded_rows_match_unpadded_forwards(family, tmp_path, chart_data, math_data):
+    """The update's log-probs of right-padded rows with prompts of different lengths are those of an unpadded
+    forward of each whole sequence, in every family."""
     from dyme_cli.data import read_samples
     from dyme_cli.modeling import resolve_model_path
     from dyme_cli.recipe import ModelSection
@@ -88,7 +87,7 @@ def test_completion_logprobs_computed_from_the_completion_positions_only_match_f
     policy.model.eval()
     completions = [policy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("so it is 5", "7")]
     pairs = [with_completion(encode_prompt(policy, s), ids) for s, ids in zip((short, long), completions)]
-    assert pairs[0][1] != pairs[1][1]  # prompts of different lengths: the kept positions start at the shorter
+    assert pairs[0][1] != pairs[1][1]  # prompts of different lengths
     with torch.no_grad():
         logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id)
     for i, (row, prompt_len) in enumerate(pairs):
