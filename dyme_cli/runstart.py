@@ -144,11 +144,13 @@ def base_model(recipe: Recipe, run: RunDir, texts: list[str]) -> str:
 
 @dataclass
 class Start:
-    """What a run starts from: the policy, the checkpoint it was loaded from (None: the base model), and the newer
-    checkpoints passed over because they did not load, each with why."""
+    """What a run starts from: the policy, the checkpoint it was loaded from (None: the base model) with its trainer
+    state (read once, restored once the optimizer exists), and the newer checkpoints passed over because they did
+    not load, each with why."""
 
     policy: Policy
     checkpoint: Path | None = None
+    state: dict | None = None
     damaged: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -164,7 +166,7 @@ def starting_point(recipe: Recipe, run: RunDir, base_path: str, resume: bool,
     damaged: list[tuple[Path, str]] = []
     for checkpoint in reversed(entries):
         try:
-            return Start(load_checkpoint(recipe, checkpoint), checkpoint, damaged)
+            return Start(*load_checkpoint(recipe, checkpoint), damaged=damaged)
         except RunDirError as exc:
             damaged.append((checkpoint, str(exc)))
     (newest, why), older = damaged[0], len(damaged) - 1
@@ -177,26 +179,27 @@ STATE_KEYS = ("step", "optimizer", "scheduler", "rng")  # what save_checkpoint w
 LOAD_ERRORS = (ModelLoadError, SafetensorError, OSError, RuntimeError)  # weights that are missing, cut short, garbled
 
 
-def load_checkpoint(recipe: Recipe, checkpoint: Path) -> Policy:
-    """The policy saved in `checkpoint`, once its trainer state was read and found to be its step's (then dropped:
-    restore_state reads it again when the optimizer exists); RunDirError saying what is damaged otherwise."""
+def load_checkpoint(recipe: Recipe, checkpoint: Path) -> tuple[Policy, Path, dict]:
+    """The policy saved in `checkpoint`, the checkpoint, and its trainer state, found to be its step's; RunDirError
+    saying what is damaged otherwise."""
     if not checkpoint.is_dir():
         raise RunDirError("not a directory")
-    check_state(state_file(checkpoint), checkpoint_step(checkpoint))
+    state = checked_state(state_file(checkpoint), checkpoint_step(checkpoint))
     try:
         # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
-        return load_for_recipe(recipe.model, str(checkpoint), merge_adapter=False)
+        return load_for_recipe(recipe.model, str(checkpoint), merge_adapter=False), checkpoint, state
     except LOAD_ERRORS as exc:
         raise RunDirError(f"its weights do not load: {first_line(exc)}") from None
 
 
-def check_state(path: Path, step: int) -> None:
-    """RunDirError unless `path` holds a trainer state as save_checkpoint writes it, of training step `step`."""
+def checked_state(path: Path, step: int) -> dict:
+    """The trainer state in `path`; RunDirError unless it is one as save_checkpoint writes it, of step `step`."""
     state = load_state(path)
     if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
         raise RunDirError(f"{path}: not a trainer state")
     if state["step"] != step:
         raise RunDirError(f"{path}: the trainer state of step {state['step']}, not of step {step}")
+    return state
 
 
 def load_base(recipe: Recipe, run: RunDir, base_path: str) -> Policy:

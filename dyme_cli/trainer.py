@@ -35,8 +35,8 @@ from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
 from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
 from .rundir import METRICS_FILE, RunDir, RunDirError, state_file
-from .runstart import (SUPERVISION_DIR, TRACKING_DIR, base_model, claim_run_dir, evolved_samples, flat_settings,
-                       load_state, record_start, refined_samples, starting_point, tracked, trackers)
+from .runstart import (SUPERVISION_DIR, TRACKING_DIR, Start, base_model, claim_run_dir, evolved_samples,
+                       flat_settings, record_start, refined_samples, starting_point, tracked, trackers)
 from .supervision import ChatClient, Checker, CheckerCounts, checker_for, with_facts
 from .traces import Trace, step_metrics, step_traces
 from .verdict import split_completion
@@ -455,8 +455,8 @@ def write_checkpoint(engine: Engine, run: RunDir, step: int) -> None:
         torch.save(state, state_file(directory))
 
 
-def restore_state(engine: Engine, checkpoint: Path) -> int:
-    state = load_state(state_file(checkpoint))
+def restore_state(engine: Engine, checkpoint: Path, state: dict) -> int:
+    """The optimizer, scheduler and RNG of `state` (read from `checkpoint` by runstart); its step."""
     try:
         engine.optimizer.load_state_dict(state["optimizer"])
     except ValueError as exc:  # e.g. a checkpoint written before biases and norms had their own no-decay group
@@ -585,15 +585,15 @@ def train(
         engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name,
                         checker, unrefined)
         with pool:
-            return run_steps(engine, run, start.checkpoint, test_samples, total, on_step, on_message)
+            return run_steps(engine, run, start, test_samples, total, on_step, on_message)
 
 
-def run_steps(engine: Engine, run: RunDir, checkpoint: Path | None, test_samples: list[Sample], total: int,
+def run_steps(engine: Engine, run: RunDir, begin: Start, test_samples: list[Sample], total: int,
               on_step: Callable[[int, int, dict], None] | None, on_message: Callable[[str], None]) -> TrainResult:
-    recipe = engine.recipe
+    recipe, checkpoint = engine.recipe, begin.checkpoint
     start = 0
     if checkpoint:
-        start = restore_state(engine, checkpoint)
+        start = restore_state(engine, checkpoint, begin.state)
         on_message(f"resumed from {checkpoint} (step {start})")
     for note in run.truncate_logs(start) if processes.is_main() else []:
         on_message(note)
