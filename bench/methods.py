@@ -16,6 +16,7 @@ with imperfect reasoning traces. This builds that regime offline, then runs `dym
 
     python bench/methods.py [--out runs/bench-methods] [--seeds 0,1,2] [--steps 300] [--lrs 1e-3,3e-3]
                             [--quality medium] [--methods dyme,sft,grpo,sft-grpo,threshold,anneal]
+                            [--no-reuse-prompt]
 
 Finished runs are read back, so an interrupted benchmark continues where it stopped when rerun with the same
 arguments. The generator seeds below are this benchmark's own; nothing was tuned on them.
@@ -46,10 +47,11 @@ DEMO = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"
 
 
 def recipe_toml(*, model: str, train: Path, test: Path, out: Path, algorithm: str, steps: int, lr: float,
-                eval_every: int | None = None) -> str:
+                reuse_prompt: bool, eval_every: int | None = None) -> str:
     """recipes/demo.toml (its tiny model, rollout and optimizer settings) with the given model, data and budget,
-    and K rollouts per prompt."""
+    K rollouts per prompt, and [model].reuse_prompt."""
     raw = copy.deepcopy(DEMO)
+    raw["model"]["reuse_prompt"] = reuse_prompt
     raw["run"].update(output_dir=str(out), save_every=steps, eval_before=False)
     if eval_every:
         raw["run"]["eval_every"] = eval_every
@@ -93,7 +95,8 @@ def weak_base(out: Path, train: Path, test: Path, pretrain: Path, args) -> Path:
         texts = [user_text(s, QUESTION) + " " + target_text(s, "Answer:") for s in read_samples(train)]
         build_tiny("smolvlm", built, ["User: Assistant:", *texts], TinyModel(**DEMO["model"]["tiny"]))
     (out / "base.toml").write_text(recipe_toml(model=str(built), train=pretrain, test=test, out=out / "base",
-                                               algorithm="sft", steps=args.pretrain_steps, lr=3e-3))
+                                               algorithm="sft", steps=args.pretrain_steps, lr=3e-3,
+                                               reuse_prompt=args.reuse_prompt))
     print(f"weak base: {args.pretrain_steps} steps of answer-only SFT on {args.pretrain_kinds} questions", flush=True)
     dyme("train", str(out / "base.toml"), quiet=True)
     return final
@@ -111,6 +114,9 @@ def main() -> None:
                         help="quality of the post-training reference traces")
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-kinds", default="value,largest,smallest")
+    parser.add_argument("--reuse-prompt", action=argparse.BooleanOptionalAction, default=True,
+                        help="[model].reuse_prompt; --no-reuse-prompt computes the same thing with other float "
+                        "rounding, which shows how far rounding alone moves the figures")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=200)
@@ -123,6 +129,7 @@ def main() -> None:
     base = weak_base(out, train, test, pretrain, args)
     (out / "compare.toml").write_text(recipe_toml(model=str(base), train=train, test=test, out=out / "unused",
                                                   algorithm="dyme", steps=args.steps, lr=1e-3,  # --lrs decides
+                                                  reuse_prompt=args.reuse_prompt,
                                                   eval_every=max(1, args.steps // 6)))
     dyme("compare", str(out / "compare.toml"), "--methods", args.methods, "--seeds", args.seeds, "--lrs", args.lrs,
          "--val", str(val), "--out", str(out / "compare"))

@@ -97,6 +97,10 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
     freeze_vision: bool = True
     gradient_checkpointing: bool = False
+    reuse_prompt: bool = Field(
+        True, description="compute each prompt's work once: one prefill (images included) shared by its K rollouts, "
+        "and in the update logits only where completion tokens are scored; false repeats it per row (the plain "
+        "path, for models whose generate or forward lacks cache continuation or logits_to_keep)")
     lora: Optional[LoraSection] = None
     tiny: TinyModel = TinyModel()
 
@@ -135,6 +139,9 @@ class RolloutSection(_Section):
     repetition_penalty: float = Field(1.0, gt=0, description="1.0: off")
     max_new_tokens: int = Field(300, ge=1, le=1_000_000, description="checked against the model's context length")
     prompts_per_generate: int = Field(8, ge=1, le=65536, description="prompts per generate() call")
+    backend: Literal["transformers"] = Field(
+        "transformers", description="what samples the rollouts (rollout.BACKENDS): the policy's own transformers "
+        "generate; a vLLM backend is not shipped until it is verified on a GPU")
 
 
 class TrainSection(_Section):

@@ -6,6 +6,8 @@ rollouts and memorization targets are both token ids appended after it, so they 
 
 from __future__ import annotations
 
+import inspect
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -120,8 +122,12 @@ def generate(
     max_new_tokens: int,
     sampling: dict,
     batch_size: int = 8,
+    share_prompt: bool = True,
 ) -> list[list[Completion]]:
-    """K completions for each prompt, generated `batch_size` prompts at a time with `sampling_settings`."""
+    """K completions for each prompt, generated `batch_size` prompts at a time with `sampling_settings`.
+
+    With `share_prompt`, each prompt (images included) is encoded once and its K samples continue from one
+    copy of its KV cache (`prefill`); otherwise `generate` repeats every prompt K times before encoding it."""
     model = policy.model
     was_training = model.training
     model.eval()
@@ -129,20 +135,48 @@ def generate(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         inputs = {k: v.to(model.device) for k, v in collate(chunk, policy.pad_token_id, "left").items()}
+        prompt_len = inputs["input_ids"].shape[1]
+        shared = share_prompt and num_generations > 1
+        if shared:
+            inputs = prefill(policy, inputs, num_generations)
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            num_return_sequences=num_generations,
+            num_return_sequences=1 if shared else num_generations,
             eos_token_id=policy.eos_token_ids,
             pad_token_id=policy.pad_token_id,
             suppress_tokens=policy.blocked_token_ids or None,
             **sampling,
         )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        new_tokens = output[:, prompt_len:].tolist()
         completions = [_completion(policy, ids) for ids in new_tokens]
         groups.extend(completions[i : i + num_generations] for i in range(0, len(completions), num_generations))
     model.train(was_training)
     return groups
+
+
+def prefill(policy: Policy, inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
+    """Encode a batch of left-padded prompts once and return generate's inputs for `copies` samples of each:
+    the token-aligned tensors repeated, and the prompts' KV cache repeated, holding all but the last prompt
+    token (generate computes that one per copy, so the first sampled token is drawn as without a cache).
+
+    The prefill runs through `generate` itself (one greedy token, discarded), so that every family computes
+    positions its own way (Qwen's 3-D positions keep their per-prompt offsets, repeated with the cache)."""
+    model = policy.model
+    first = model.generate(**inputs, max_new_tokens=1, do_sample=False, return_dict_in_generate=True,
+                           eos_token_id=policy.eos_token_ids, pad_token_id=policy.pad_token_id)
+    cache = first.cache
+    cache.crop(inputs["input_ids"].shape[1] - 1 - cache.get_seq_length())  # a negative count: tokens to drop
+    cache.batch_repeat_interleave(copies)
+    for module in model.modules():  # Qwen-VL keeps per-prompt position offsets beside the cache (PEFT-wrapped or not)
+        if getattr(module, "rope_deltas", None) is not None:
+            module.rope_deltas = module.rope_deltas.repeat_interleave(copies, dim=0)
+    aligned = _text_aligned(inputs) | {"attention_mask"}
+    return {"cache": cache, **{k: inputs[k].repeat_interleave(copies, dim=0) for k in aligned}}
+
+
+#: [rollout].backend -> the function that samples K completions per prompt (generate's signature).
+BACKENDS = {"transformers": generate}
 
 
 def _completion(policy: Policy, ids: list[int]) -> Completion:
@@ -167,22 +201,76 @@ def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[in
 
 
 def completion_logprobs(
-    model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int, temperature: float = 1.0
+    model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int, temperature: float = 1.0,
+    completion_only: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of each row's completion tokens under the policy that sampled them (logits / temperature,
     as TRL does), and the mask of those positions.
 
-    Both have shape (rows, max completion length); only completion tokens are scored.
+    Both have shape (rows, max completion length); only completion tokens are scored. With `completion_only`
+    the model computes logits only from the first position that predicts a completion token (`logits_to_keep`),
+    not over every prompt position, and encodes the images of rows that share a prompt once
+    (`with_images_encoded_once`).
     """
     batch = collate([row for row, _ in rows], pad_id, "right")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    logits = model(**batch).logits[:, :-1].float() / temperature
-    targets = batch["input_ids"][:, 1:]
+    if completion_only:
+        batch = with_images_encoded_once(model, [row for row, _ in rows], batch)
+    batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    first = min(prompt_len for _, prompt_len in rows) - 1 if completion_only else 0  # predicts a completion token
+    keep = {"logits_to_keep": batch["input_ids"].shape[1] - first} if completion_only else {}
+    logits = model(**batch, **keep).logits[:, :-1].float() / temperature
+    targets = batch["input_ids"][:, first + 1 :]
     token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     starts = torch.tensor([prompt_len - 1 for _, prompt_len in rows], device=targets.device)
     lengths = batch["attention_mask"].sum(-1) - 1 - starts
     width = int(lengths.max())
-    positions = starts.unsqueeze(1) + torch.arange(width, device=targets.device).unsqueeze(0)
+    positions = (starts - first).unsqueeze(1) + torch.arange(width, device=targets.device).unsqueeze(0)
     mask = (torch.arange(width, device=targets.device).unsqueeze(0) < lengths.unsqueeze(1)).float()
     positions = positions.clamp(max=token_logp.shape[1] - 1)
     return token_logp.gather(1, positions) * mask, mask
+
+
+def with_images_encoded_once(model: torch.nn.Module, rows: Sequence[dict], batch: dict) -> dict:
+    """`batch` (the collated `rows`) with its pixel inputs replaced by image features encoded once per distinct
+    prompt (the rows of one prompt share its pixel tensors) and repeated for each of its rows, as the pre-encoded
+    features transformers' vision-language models accept (`mm_encoder_outputs`). Gradients reach the vision
+    tower and connector through the one encoding. Unchanged for text-only rows, a model without that input, or
+    features that do not line up one-to-one with the image tokens."""
+    pixel_keys = [key for key in batch if key.startswith("pixel_")]
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    token_id = getattr(model.config, "image_token_id", None)
+    if not pixel_keys or token_id is None or "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
+        return batch
+    distinct: dict[int, dict] = {}  # prompt (by its pixel tensor) -> one of its rows
+    for row in rows:
+        distinct.setdefault(id(row[pixel_keys[0]]), row)
+    prompts = list(distinct.values())
+    images = collate(prompts, 0, "right")
+    encode = model.get_image_features
+    wanted = inspect.signature(encode).parameters
+    features = encode(**{k: v.to(model.device) for k, v in images.items() if k in wanted and k != "input_ids"},
+                      return_dict=True)
+    counts = [int((prompt["input_ids"] == token_id).sum()) for prompt in prompts]
+    if _feature_rows(features.pooler_output).shape[0] != sum(counts):
+        return batch
+    offsets = dict(zip(distinct, itertools.accumulate([0, *counts[:-1]])))
+    count_of = dict(zip(distinct, counts))
+    index = torch.cat([torch.arange(count_of[key]) + offsets[key] for key in (id(row[pixel_keys[0]]) for row in rows)])
+    repeated = {"pooler_output": _rows_of(features.pooler_output, index)}
+    if getattr(features, "deepstack_features", None) is not None:  # Qwen3-VL: per-layer features of the same rows
+        repeated["deepstack_features"] = [_rows_of(layer, index) for layer in features.deepstack_features]
+    rest = {k: v for k, v in batch.items() if k not in pixel_keys}
+    return {**rest, "mm_encoder_outputs": {"image": type(features)(**repeated)}}
+
+
+def _feature_rows(features) -> torch.Tensor:
+    """Image features as one (image tokens, hidden) tensor, from a tensor or a list of per-image tensors."""
+    parts = [features] if torch.is_tensor(features) else list(features)
+    return torch.cat([part.reshape(-1, part.shape[-1]) for part in parts])
+
+
+def _rows_of(features, index: torch.Tensor):
+    """The given image-token rows of `features`, in the container the models read (a batch of one, or a list)."""
+    flat = _feature_rows(features)
+    rows = flat[index.to(flat.device)]
+    return rows.unsqueeze(0) if torch.is_tensor(features) else [rows]

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import dyme, processes
+from . import dyme, processes, rollout
 from .batch import PromptGroup, StepBatch, Target
 from .data import Sample, Samples, target_text, task_lines, user_text
 from .dyme import Mode
@@ -33,7 +33,7 @@ from .modeling import (Policy, check_completion_length, context_length, load_for
                        prepare_for_training, save_policy)
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
-from .rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
+from .rollout import completion_logprobs, encode_prompt, sampling_settings, target_ids, with_completion
 from .rundir import METRICS_FILE, RunDir, RunDirError, state_file
 from .runstart import (SUPERVISION_DIR, TRACKING_DIR, Start, base_model, claim_run_dir, evolved_samples,
                        flat_settings, record_start, refined_samples, starting_point, tracked, trackers)
@@ -182,10 +182,10 @@ def sample_rollouts(engine: Engine, batch: StepBatch) -> None:
     cfg = engine.recipe.rollout
     if engine.recipe.train.algorithm == "sft":
         return
-    completions = generate(
+    completions = rollout.BACKENDS[cfg.backend](
         engine.policy, [g.prompt for g in batch.groups], num_generations=cfg.num_generations,
         max_new_tokens=cfg.max_new_tokens, sampling=rollout_sampling(engine.recipe),
-        batch_size=cfg.prompts_per_generate,
+        batch_size=cfg.prompts_per_generate, share_prompt=engine.recipe.model.reuse_prompt,
     )
     for group, group_completions in zip(batch.groups, completions):
         group.completions = group_completions
@@ -294,10 +294,10 @@ def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
     forwarded, tokens = processes.summed([len(rows), sum(len(r.completion_ids) for r in rows)])
     stats: dict = {"loss": None, "grad_norm": None, "rows": int(forwarded), "tokens": int(tokens), "nonfinite_updates": 0}
     if forwarded:  # every process takes part in the update, with or without rows of its own
-        micro = chunked(rows, recipe.optim.micro_batch_size)
-        pad, temperature = engine.policy.pad_token_id, recipe.rollout.temperature
-        old = frozen_logprobs(model, micro, pad, temperature) if recipe.train.num_iterations > 1 else None
-        ref = frozen_logprobs(engine.reference, micro, pad, temperature) if engine.reference else None
+        micro = chunked(by_length(rows), recipe.optim.micro_batch_size)
+        scoring = (engine.policy.pad_token_id, recipe.rollout.temperature, recipe.model.reuse_prompt)
+        old = frozen_logprobs(model, micro, *scoring) if recipe.train.num_iterations > 1 else None
+        ref = frozen_logprobs(engine.reference, micro, *scoring) if engine.reference else None
         for _ in range(recipe.train.num_iterations):
             stats.update(optimizer_step(engine, micro, totals, old, ref))
             if stats["nonfinite_updates"]:
@@ -317,7 +317,8 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
     loss_sum, clip_sum, kl_sum, nll_sum, nll_tokens = 0.0, 0.0, 0.0, 0.0, 0.0
     for j, batch in enumerate(micro):
         pairs = [with_completion(row.prompt, row.completion_ids) for row in batch]
-        logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id, recipe.rollout.temperature)
+        logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id, recipe.rollout.temperature,
+                                         recipe.model.reuse_prompt)
         advantages = torch.tensor([row.advantage for row in batch], device=logp.device)
         loss, info = policy_loss(
             logp, old[j] if old else logp.detach(), advantages, mask,
@@ -366,11 +367,18 @@ def peak_bytes() -> int:
 
 
 @torch.no_grad()
-def frozen_logprobs(model, micro, pad_id: int, temperature: float) -> list[torch.Tensor]:
+def frozen_logprobs(model, micro, pad_id: int, temperature: float, completion_only: bool) -> list[torch.Tensor]:
     """Log-probs before any update (old policy for mu > 1) or under the frozen reference model."""
     return [completion_logprobs(model, [with_completion(r.prompt, r.completion_ids) for r in batch], pad_id,
-                                temperature)[0]
+                                temperature, completion_only)[0]
             for batch in micro]
+
+
+def by_length(rows: list[Row]) -> list[Row]:
+    """Rows ordered by their length (prompt + completion; ties keep their order), so that the micro-batches cut
+    from them pad each row little. Every loss sums per-row terms over the step's denominators, so the order
+    changes no gradient (only `bnpo` under `active_rows` averages within micro-batches, as TRL does)."""
+    return sorted(rows, key=lambda row: row.prompt["input_ids"].shape[-1] + len(row.completion_ids))
 
 
 def chunked(items: list, size: int) -> list[list]:

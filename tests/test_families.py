@@ -68,32 +68,103 @@ def test_one_dyme_step_save_reload_evaluate(family, tmp_path, chart_data, math_d
         assert not vision  # freeze_vision is the default
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_completion_logprobs_of_padded_rows_match_unpadded_forwards(family, tmp_path, chart_data, math_data):
-    """The update's log-probs of right-padded rows with prompts of different lengths are those of an unpadded
-    forward of each whole sequence, in every family."""
+def tiny_policy(family, tmp_path, chart_data, math_data):
+    """The family's tiny model, built on its data (charts, or math for the text-only families), and that data."""
     from dyme_cli.data import read_samples
     from dyme_cli.modeling import resolve_model_path
     from dyme_cli.recipe import ModelSection
-    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
 
-    text_only = FAMILIES[family][1]
-    samples = read_samples((math_data if text_only else chart_data) / "train.jsonl")
-    short, long = min(samples, key=lambda s: len(s.question)), max(samples, key=lambda s: len(s.question))
+    samples = read_samples((math_data if FAMILIES[family][1] else chart_data) / "train.jsonl")
     section = ModelSection(name_or_path=f"tiny:{family}", tiny={"image_size": 32, "hidden_size": 32,
                                                                  "vision_hidden_size": 32, "intermediate_size": 64})
     path = resolve_model_path(section, tmp_path / "model", [s.question + " " + s.answer for s in samples], 0)
-    policy = load_policy(path)
+    return load_policy(path), samples
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_rollouts_from_one_shared_prefill_are_those_of_repeated_prompts(family, tmp_path, chart_data, math_data):
+    """Encoding each prompt once and sharing its KV cache with its K samples draws the same tokens as generate()
+    repeating the prompt K times: the same greedy completion K times, and with one seed the same samples."""
+    from dyme_cli.rollout import GREEDY, collate, encode_prompt, generate, sampling_settings
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    prompts = [encode_prompt(policy, s) for s in samples[:3]]  # different lengths: left padding is shared too
+
+    embedded = []  # token positions the language model reads, per forward
+    policy.model.get_input_embeddings().register_forward_hook(lambda module, args, out: embedded.append(args[0].numel()))
+
+    def rollouts(k, sampling, share):
+        torch.manual_seed(0)
+        embedded.clear()
+        groups = generate(policy, prompts, num_generations=k, max_new_tokens=12, sampling=sampling, batch_size=3,
+                          share_prompt=share)
+        return [[c.ids for c in group] for group in groups]
+
+    assert rollouts(3, GREEDY, share=True) == [group * 3 for group in rollouts(1, GREEDY, share=False)]
+    sampled = rollouts(3, sampling_settings(temperature=1.0), share=True)
+    shared_tokens = sum(embedded)
+    assert sampled == rollouts(3, sampling_settings(temperature=1.0), share=False)
+    assert any(len(set(map(tuple, group))) > 1 for group in sampled)  # the K samples of a prompt differ
+    # The same decoding steps; the prompts (padded length L) are read 3 times, not 3 x K = 9 times, plus their
+    # last token once per sample: 9L against 3L + 9.
+    length = collate(prompts, policy.pad_token_id, "left")["input_ids"].shape[1]
+    assert sum(embedded) - shared_tokens == 9 * length - (3 * length + 9)
+
+
+@pytest.mark.parametrize("completion_only", [True, False], ids=["completion-logits", "all-logits"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_completion_logprobs_of_padded_rows_match_unpadded_forwards(family, completion_only, tmp_path, chart_data,
+                                                                    math_data):
+    """The update's log-probs of right-padded rows with prompts of different lengths are those of an unpadded
+    forward of each whole sequence, in every family, with logits computed at completion positions only or at all."""
+    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    short, long = min(samples, key=lambda s: len(s.question)), max(samples, key=lambda s: len(s.question))
     policy.model.eval()
     completions = [policy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("so it is 5", "7")]
-    pairs = [with_completion(encode_prompt(policy, s), ids) for s, ids in zip((short, long), completions)]
+    prompts = {"short": encode_prompt(policy, short), "long": encode_prompt(policy, long)}
+    # two rollouts of the short prompt (one prompt, its images shared), one of the long one
+    pairs = [with_completion(prompts[p], ids) for p, ids in
+             (("short", completions[0]), ("long", completions[1]), ("short", completions[1]))]
     assert pairs[0][1] != pairs[1][1]  # prompts of different lengths
     with torch.no_grad():
-        logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id)
+        logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id, completion_only=completion_only)
     for i, (row, prompt_len) in enumerate(pairs):
         with torch.no_grad():
-            logits = policy.model(**row).logits[0]
+            logits = policy.model(**dict(row)).logits[0]
         ids = row["input_ids"][0]
         expected = [torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(prompt_len, len(ids))]
         assert logp[i, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
         assert mask[i].tolist() == [1.0] * len(expected) + [0.0] * (mask.shape[1] - len(expected))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not FAMILIES[f][1]])
+def test_images_encoded_once_per_prompt_give_the_same_gradients(family, tmp_path, chart_data, math_data):
+    """In the update, the rows of one prompt share one encoding of its images: the vision tower runs once per
+    distinct prompt, and the loss's gradients (vision tower and connector included) are those of encoding every
+    row's images."""
+    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    model = policy.model
+    prompts = [encode_prompt(policy, s) for s in samples[:2]]
+    ids = policy.tokenizer("so it is 5", add_special_tokens=False)["input_ids"]
+    pairs = [with_completion(prompts[i], ids[: 2 + j]) for i in (0, 1) for j in range(3)]  # 3 rows per prompt
+    encoded = []
+    vision = next(getattr(model.model, n) for n in ("vision_model", "visual", "vision_tower") if hasattr(model.model, n))
+    vision.register_forward_pre_hook(lambda module, args, kwargs: encoded.append(
+        next(v for v in [*args, *kwargs.values()] if torch.is_tensor(v)).numel()), with_kwargs=True)
+
+    def gradients(once):
+        model.zero_grad()
+        encoded.clear()
+        logp, mask = completion_logprobs(model, pairs, policy.pad_token_id, completion_only=once)
+        (logp * mask).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, sum(encoded)
+
+    (once, pixels_once), (every, pixels_every) = gradients(True), gradients(False)
+    assert pixels_once > 0 and pixels_every == 3 * pixels_once  # 2 prompts' images, not 6 rows'
+    assert set(once) == set(every) and any("vision" in n or "visual" in n for n in once)
+    for name in once:
+        assert torch.allclose(once[name], every[name], atol=1e-5, rtol=1e-4), name
