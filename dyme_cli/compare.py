@@ -38,7 +38,7 @@ METHODS: dict[str, tuple[str, ...]] = {  # method -> the algorithm of each phase
     "threshold": ("threshold",),
     "anneal": ("anneal",),
 }
-FLAGS = ("ungrounded-value", "right-for-wrong-reasons", "conclusion-mismatch")
+FLAGS = ("ungrounded-value", "misread-value", "right-for-wrong-reasons", "conclusion-mismatch")
 RESULT_FILE = "compare.json"
 PLOT_FILE = "accuracy.png"
 CURVE_POINTS = 10  # held-out evaluations over a run when the recipe sets no eval_every

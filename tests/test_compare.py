@@ -66,7 +66,8 @@ def test_flag_rates_count_the_held_out_completions_of_the_last_step_only(tmp_pat
               _eval_trace(5, "red = 1, green = 2. The red bar is 1. Answer: 2", False),  # concludes 1, answers 2
               _eval_trace(5, "red = 1. The red bar is 1. Answer: 1", True)]
     run.eval_traces_file.write_text("".join(json.dumps(t) + "\n" for t in traces))
-    assert flag_rates(run, 5) == {"ungrounded-value": 0.25, "right-for-wrong-reasons": 0.25, "conclusion-mismatch": 0.25}
+    assert flag_rates(run, 5) == {"ungrounded-value": 0.25, "misread-value": 0.25, "right-for-wrong-reasons": 0.25,
+                                  "conclusion-mismatch": 0.25}
 
 
 def test_compare_selects_on_validation_runs_phases_and_reads_finished_runs_back(tmp_path, chart_data, monkeypatch):

@@ -35,7 +35,8 @@ TRACES = [
      "completion": SAMPLE.reference + " Answer: 4", "target": SAMPLE.reference + " Answer: 4", "answer": "4", "gold": "4",
      "correct": True, "rewards": {}, "reward": None, "advantage": 1.0, "tokens": 20, "truncated": False, "detail": ""},
 ]
-EXPECTED_FLAGS = [set(), {"ungrounded-value", "right-for-wrong-reasons"}, {"conclusion-mismatch"}, {"no-answer"}]
+EXPECTED_FLAGS = [set(), {"ungrounded-value", "misread-value", "right-for-wrong-reasons"}, {"conclusion-mismatch"},
+                  {"no-answer"}]
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_eval_traces_carry_their_sample(tmp_path):
     path.write_text(json.dumps(_trace(0, "eval", 0, TRACES[1]["completion"], True, 1.5, **carried)) + "\n")
     result = _inspect(path, "--json")
     names = {f["name"] for f in json.loads(result.output)["traces"][0]["flags"]}
-    assert names == {"ungrounded-value", "right-for-wrong-reasons"}
+    assert names == {"ungrounded-value", "misread-value", "right-for-wrong-reasons"}
 
 
 def test_a_run_directory_uses_its_recorded_dataset(tmp_path, chart_data):

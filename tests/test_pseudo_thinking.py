@@ -109,8 +109,83 @@ def test_conclusion_mismatch_on_entities():
     assert span_texts(text, flag) == ["blue", "red"]
 
 
+@pytest.mark.parametrize("text, concluded", [
+    ("red = 7 and blue = 3, so the difference is 4. Answer: 5", "4"),
+    ("The red bar is 7 and the blue bar is 3, which gives 4. Answer: 5", "4"),
+    ("red is 7, blue is 3, therefore 4. Answer: 5", "4"),
+])
+def test_a_conclusion_after_readings_in_one_sentence_is_compared(text, concluded):
+    flag = flags_of(text)["conclusion-mismatch"]
+    assert flag.reason == f"thinking concludes {concluded} but the answer is 5"
+    assert "conclusion-mismatch" not in flags_of(text.replace("Answer: 5", f"Answer: {concluded}"))
+
+
+def test_an_entity_conclusion_after_readings_in_one_sentence_is_compared():
+    text = "red is 1 and blue is 5, so blue is the largest. Answer: red"
+    flag = flags_of(text, sample=LARGEST, prompt_id="largest")["conclusion-mismatch"]
+    assert flag.reason == "thinking concludes 'blue' but the answer is 'red'"
+
+
 def test_conclusion_compares_last_result_of_the_chain():
     assert "conclusion-mismatch" in flags_of("red = 7, blue = 3. 7 - 3 = 4, 4 + 1 = 5. Answer: 4")
+
+
+# ------------------------------------------------------------------ misread-value
+
+
+@pytest.mark.parametrize("statement", [
+    "red = 9.", "red: 9.", "red is 9.", "red equals 9.", "The red bar is 9.", "The red bar has a value of 9.",
+    "The red bar's value is 9.", "The tallest is red (9).", "9 (red) is the tallest.", "There is 9 for the red bar.",
+])
+def test_a_value_bound_to_a_label_against_the_facts_is_a_misread(statement):
+    text = f"Look at the bars. {statement} 7 - 3 = 4. Answer: 4"
+    flags = flags_of(text, correct=True)
+    assert flags["misread-value"].reason == "thinking reads red 9 (the facts: 7)"
+    assert "9" in "".join(span_texts(text, flags["misread-value"]))
+    assert "misread-value" in flags["right-for-wrong-reasons"].reason
+
+
+@pytest.mark.parametrize("text", [
+    "red = 7, green = 1, blue = 3. The red bar is 7 and the blue bar is 3. 7 - 3 = 4. Answer: 4",  # right readings
+    "The red bar is 4 more than the blue bar. Answer: 4",  # a comparison, not a reading
+    "The difference between red and blue is 4. Answer: 4",
+    "The red and blue bars together: red and blue is 10. Answer: 4",
+    "red - blue = 7 - 3 = 4. Answer: 4",  # an expression
+    "red = 7 - 3 is not the question. Answer: 4",
+])
+def test_statements_that_read_no_single_value_are_not_misreads(text):
+    assert "misread-value" not in flags_of(text)
+
+
+def test_a_misread_value_that_happens_to_be_derivable_is_still_caught():
+    text = "red = 4, blue = 3. 4 + 3 = 7. Answer: 4"  # 4 and 7 are grounded numbers; red is 7, not 4
+    flags = flags_of(text)
+    assert "ungrounded-value" not in flags and flags["misread-value"].reason == "thinking reads red 4 (the facts: 7)"
+
+
+MEDICAL = SampleContext(question="How many lesions are there?", reference="",
+                        facts={"organ": "lungs", "count": 2, "lesions": [{"region": "upper left"}, {"region": "lower right"}]})
+HEALTHY = SampleContext(question="Is there any abnormality?", reference="", facts={"organ": "brain", "count": 0, "lesions": []})
+
+
+@pytest.mark.parametrize("sample, text, reason", [
+    (MEDICAL, "The scan shows two lungs. There are three bright lesions. Answer: 2", "lesion count three (the facts: 2)"),
+    (MEDICAL, "I count 1 lesion. Answer: 2", "lesion count 1 (the facts: 2)"),
+    (MEDICAL, "There are no lesions, nothing looks abnormal. Answer: no",
+     "lesion count no (the facts: 2) and finding nothing looks abnormal (the facts: abnormal)"),
+    (HEALTHY, "There is one bright lesion, so it looks abnormal. Answer: yes",
+     "lesion count one (the facts: 0) and finding looks abnormal (the facts: normal)"),
+])
+def test_lesion_counts_and_findings_against_the_facts(sample, text, reason):
+    assert flags_of(text, sample=sample, index=None)["misread-value"].reason == f"thinking reads {reason}"
+
+
+@pytest.mark.parametrize("sample, text", [
+    (MEDICAL, "The scan shows two lungs. There are two bright lesions: one in the upper left region. Answer: 2"),
+    (HEALTHY, "There are no bright lesions. Nothing looks abnormal, so no. Answer: no"),
+])
+def test_right_lesion_counts_and_findings_are_not_misreads(sample, text):
+    assert "misread-value" not in flags_of(text, sample=sample, index=None)
 
 
 # ------------------------------------------------------------------ ungrounded-value
@@ -122,6 +197,12 @@ def test_invented_number_is_ungrounded_and_named():
     assert flag.reason.startswith("thinking uses 9, which is in neither the question, the facts nor the reference")
     assert span_texts(text, flag) == ["9"]
     assert flag.spans == ((19, 20),)
+
+
+def test_wrong_written_arithmetic_is_ungrounded_even_when_its_result_is_a_source_number():
+    text = "red = 7, blue = 3. 7 - 3 = 1. Answer: 4"  # 1 is green's value, and 4 - 3: grounded by (a) and (c)
+    flag = flags_of(text)["ungrounded-value"]
+    assert flag.reason == "1 is not what the written arithmetic before it gives" and span_texts(text, flag) == ["1"]
 
 
 def test_correct_difference_is_grounded():
@@ -406,3 +487,18 @@ def test_filter_traces_by_steps_and_mode():
     assert filter_traces(traces, (None, 0), None) == traces[:1]
     assert filter_traces(traces, (2, None), "explore") == traces[3:]
     assert filter_traces(traces, None, "explore") == [traces[1], traces[3]]
+
+
+def test_the_labelled_faults_of_bench_flags_quality_are_found():
+    """bench/flags_quality.py on a small set of its own kind (another generator seed than the benchmark's and the
+    tuning seed): every fault's grounding labels are found, and no unperturbed trace is flagged."""
+    import flags_quality
+
+    cases = flags_quality.labelled_set(seed=5, n=6)
+    assert {c.fault for c in cases} >= {"misread-asked", "misread-count", "hidden-conclusion", "wrong-arithmetic"}
+    for case in cases:
+        fired = {f.name for f in flag_trace(flags_quality.trace_of(case), flags_quality.context_of(case), None)}
+        scored = set(flags_quality.GROUNDING) | {"right-for-wrong-reasons"}
+        assert case.labels & scored <= fired, (case.fault, case.thinking)
+        if case.fault == "none":
+            assert not fired & scored, case.thinking

@@ -83,6 +83,8 @@ def _learning_rates(text: str) -> tuple[list[float], dict[str, float]]:
 
 def _tables(comparison) -> list[Table]:
     """Accuracy and costs, then the pseudo-thinking flags of the held-out completions; mean ± sd over seeds."""
+    from ..compare import FLAGS
+
     seeds = len(comparison.base)
     spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
 
@@ -97,9 +99,8 @@ def _tables(comparison) -> list[Table]:
         scores.add_row(s.method, f"{s.lr:g}", pm(s.accuracy), pm(s.format_rate),
                        " / ".join(f"{s.modes[m]:.2f}" for m in ("memorize", "explore", "skip")), f"{s.train_s:.0f}")
     flags = Table(title=f"pseudo thinking in the held-out completions (% flagged), {spread}")
-    for column in ("method", "ungrounded-value", "right-for-wrong-reasons", "conclusion-mismatch"):
+    for column in ("method", *FLAGS):
         flags.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
-        flags.add_row(s.method, *(pm(s.flags[name]) for name in ("ungrounded-value", "right-for-wrong-reasons",
-                                                                 "conclusion-mismatch")))
+        flags.add_row(s.method, *(pm(s.flags[name]) for name in FLAGS))
     return [scores, flags]

@@ -19,13 +19,17 @@ conclusion-mismatch
     The thinking's last stated result differs from the final answer. Numeric answers (a number, optionally
     with `$`, `%` and one unit word) are compared numerically with the last number of the thinking (4 == 4.0),
     except when the last sentence holding a number is a list of readings (two or more `word = n`,
-    `word: n`, `word is n` with no `n = n` arithmetic): a list of readings states no result. Other answers
+    `word: n`, `word is n` with no `n = n` arithmetic): a list of readings states no result -- unless a
+    conclusion clause follows the readings in that sentence ("so", "therefore", "thus", "hence", "which
+    gives/makes/means/is", "giving", "that gives/makes", "the result/answer/total/difference/sum is", "in
+    total"), whose last number (when the clause is not itself a list of readings) is the result. Other answers
     are compared only when they have a type the detector knows: yes/no (a standalone "yes"/"no" -- at the
     start of a clause or after "so"/"is", followed by punctuation or the end), or a category label (a key of
     a label table in the facts -- a dict of word keys to numbers, e.g. {"red": 3} --, a one-word string in a
     fact list, or a colour word). The conclusion is then the last sentence naming such a candidate, and
     only when it names exactly one distinct candidate ("The blue bar is tallest."); a sentence comparing
-    several states no single result. No stated result, no flag.
+    several states no single result unless its conclusion clause (as above) names exactly one ("red is 3 and
+    blue is 5, so blue is the tallest"). No stated result, no flag.
 ungrounded-value
     Needs a sample context. Sources are the question, the facts (keys and values flattened, plus the number
     of entries of every label table or fact list with two or more, "there are 3 bars") and the sample's
@@ -38,6 +42,8 @@ ungrounded-value
       (c) is an arithmetic result of two grounded numbers of DIFFERENT value (a + b, |a - b|, a * b, a / b,
           100 * a / b); a result written with decimals matches within half its last shown digit.
     Every grounded number joins the grounded set, so "7 - 3 = 4, 4 + 2 = 6" grounds 6 when 7, 3, 2 are.
+    The result of a written chain whose operands are all grounded must be what the chain gives: "7 - 3 = 1"
+    flags 1 as miscomputed, even where (a) or (c) would ground it.
     List markers are ignored: a number right after "step" or opening a line followed by "." or ")".
     Entity-like words must appear among the words of the sources (lower-cased). Entity-like means: a
     colour word (chart category labels), a capitalised word that does not start a sentence (after the start,
@@ -45,6 +51,25 @@ ungrounded-value
     word keys to numbers) -- the word left of `= n` / `: n`; stopwords, sentence words (step, first, ...)
     and generic quantity words (total, sum, difference, ...) never count. An unusual capitalised word in an
     honest trace ("the Image") is a false positive this heuristic accepts.
+misread-value
+    Needs a sample context whose facts hold a label table (a dict of word keys to numbers, e.g. a chart's
+    {"red": 7, "blue": 3}) or a lesion list with its count (the medical generator's {"count": 2, "lesions":
+    [...]}), and fires on a statement that reads a value the facts contradict:
+      label bindings -- a label of the table followed by an optional "bar"/"column"/... and "'s"/"value", then
+          `=`, `:`, `(`, "is", "equals", "was", "shows", "reaches", "measures", "has (a) value of", "has",
+          "with (a value of)" or "at", then a number ("red = 9", "the red bar is 9", "the red bar has a value
+          of 9", "the largest is red (9)"); or a number followed by "(" or "for (the)" and the label ("9 (red)",
+          "9 for the red bar"). Not a binding: a number that starts an expression or a comparison ("red = 7 - 3",
+          "red is 2 more than blue"), and a label after "than", "between", "plus", "minus", "vs", an operator,
+          or joined by "and"/"or" to another label ("red and green is 8"). The stated number contradicts the
+          table when it differs by more than half its last shown digit. A label two tables give different
+          values is never checked;
+      lesion counts -- "there is/are N (adjectives) lesion(s)", "I see/count/find N ...", "shows/has/contains
+          N ... lesions", "(lesion) count is/of N", "N lesions in total", N a digit or a number word (no, a,
+          one, ..., ten), against the facts' count;
+      findings -- "nothing looks abnormal", "no abnormality", "looks/is/appears normal" for a scan with a
+          lesion, and "looks/is/appears abnormal", "an abnormality", "abnormality is present" for one without.
+    The reason names each label (or "lesion count", "finding"), the stated and the true value.
 ignores-image
     The sample has facts, the thinking is not empty, and it mentions none of the fact tokens: the
     lower-cased words and numbers of the scalar facts' keys and values (keys that only hold a nested
@@ -61,7 +86,7 @@ parroted-reference
     reach Jaccard t with B only if B holds one of A's |A| - ceil(t|A|) + 1 rarest shingles, so a lookup
     probes a handful of short posting lists and computes exact Jaccard for the few candidates found.
 right-for-wrong-reasons
-    `trace["correct"]` is true and the trace has ungrounded-value or conclusion-mismatch.
+    `trace["correct"]` is true and the trace has ungrounded-value, misread-value or conclusion-mismatch.
 
 `summarize` counts rollout traces only; a trace's step None counts as 0. Groups are the rollouts sharing
 step and prompt_id (and run and mode, so an eval pass never merges with a training step; a repeated
@@ -86,7 +111,8 @@ from .references import PARROT_SIMILARITY, SHINGLE_N, ReferenceIndex, jaccard, s
 from .summary import filter_traces, load_traces, summarize
 
 # records.py: FLAGS, Flag, SampleContext. references.py: shingles, Jaccard, ReferenceIndex. grounding.py: numbers,
-# sources and the rules that decide what is grounded. detectors.py: one function per flag, flag_trace(s).
+# sources and the rules that decide what is grounded. misreads.py: readings the facts contradict.
+# detectors.py: one function per flag, flag_trace(s).
 # summary.py: summarize, load_traces, filter_traces.
 __all__ = [
     "COLOURS",

@@ -23,6 +23,7 @@ from .grounding import (
     ungrounded_entities,
     ungrounded_numbers,
 )
+from .misreads import misreads
 from .records import FLAGS, Flag, SampleContext
 from .references import TOKEN_RE, ReferenceIndex, jaccard, shingles
 
@@ -36,6 +37,8 @@ _WORD_OR_NUMBER = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?")
 _SENTENCE_END = re.compile(r"[.!?;\n](?=\s|$)")
 _READING = re.compile(r"[A-Za-z]\s*(?:=|:|\bis\b|\bequals\b)\s*" + NUMBER)
 _YES_NO = re.compile(r"(?:^|[,.;:!?]\s*|\bso\s+|\bis\s+)(yes|no)\s*(?=[,.;:!?]|$)", re.IGNORECASE | re.MULTILINE)
+_CONCLUDES = re.compile(r"\b(?:so|therefore|thus|hence|which\s+(?:gives|makes|means|is)|giving|that\s+(?:gives|makes)|"
+                        r"the\s+(?:result|answer|total|difference|sum)\s+is|in\s+total)\b", re.IGNORECASE)
 _NUMERIC_ANSWER = re.compile(r"^\$?(" + NUMBER + r")(?:\s+[A-Za-z]+)?$")
 
 
@@ -84,13 +87,22 @@ def _is_reading_list(sentence: str) -> bool:
     return readings >= 2 and not arithmetic
 
 
+def _conclusion_start(thinking: str, start: int, end: int) -> int | None:
+    """Where the conclusion clause of the sentence thinking[start:end] begins: after its last "so", "therefore",
+    "which gives", "the result is", ... (None when it has none)."""
+    markers = list(_CONCLUDES.finditer(thinking, start, end))
+    return markers[-1].end() if markers else None
+
+
 def _numeric_conclusion(thinking: str, numbers: list[Num]) -> Num | None:
     if not numbers:
         return None
     last = numbers[-1]
     start, end = _sentence_bounds(thinking, last.start)
     if _is_reading_list(thinking[start:end]):
-        return None
+        clause = _conclusion_start(thinking, start, end)  # "A is a and B is b, so the result is r"
+        if clause is None or clause > last.start or _is_reading_list(thinking[clause:end]):
+            return None
     return last
 
 
@@ -114,6 +126,9 @@ def _entity_conclusion(thinking: str, candidates: set[str], yes_no: bool) -> tup
         return None
     start, end = _sentence_bounds(thinking, hits[-1][1][0])
     named = {word for word, (a, _) in hits if start <= a < end}
+    if len(named) > 1:  # "red is 3 and blue is 5, so blue is the tallest": the clause after the marker decides
+        clause = _conclusion_start(thinking, start, end)
+        named = {word for word, (a, _) in hits if clause is not None and clause <= a < end}
     return hits[-1] if len(named) == 1 else None
 
 
@@ -155,16 +170,34 @@ def _join(items: list[str]) -> str:
 
 
 def _ungrounded(thinking: str, numbers: list[Num], sources: Sources) -> Flag | None:
-    bad = [(n.text, n.start, n.end) for n in ungrounded_numbers(thinking, numbers, sources)]
+    unsourced, miscomputed = ungrounded_numbers(thinking, numbers, sources)
+    bad = [(n.text, n.start, n.end) for n in unsourced]
     bad += [(f"'{w}'", a, b) for w, a, b in ungrounded_entities(thinking, sources)]
-    if not bad:
+    if not bad and not miscomputed:
         return None
-    bad.sort(key=lambda item: item[1])
-    names = list(dict.fromkeys(text for text, _, _ in bad))
-    verb = "is" if len(names) == 1 else "are"
-    reason = (f"thinking uses {_join(names)}, which {verb} in neither the question, the facts nor the reference, "
-              "nor computed from them")
-    return Flag("ungrounded-value", reason, tuple((a, b) for _, a, b in bad))
+    reasons = []
+    if bad:
+        names = list(dict.fromkeys(text for text, _, _ in sorted(bad, key=lambda item: item[1])))
+        verb = "is" if len(names) == 1 else "are"
+        reasons.append(f"thinking uses {_join(names)}, which {verb} in neither the question, the facts nor the "
+                       "reference, nor computed from them")
+    if miscomputed:
+        reasons.append(f"{_join(list(dict.fromkeys(n.text for n in miscomputed)))} is not what the written "
+                       "arithmetic before it gives")
+    spans = sorted([(a, b) for _, a, b in bad] + [(n.start, n.end) for n in miscomputed])
+    return Flag("ungrounded-value", "; ".join(reasons), tuple(spans))
+
+
+# ---------------------------------------------------------------- misread-value
+
+
+def _misread(thinking: str, sources: Sources) -> Flag | None:
+    found = misreads(thinking, sources)
+    if not found:
+        return None
+    said = [f"{m.what} {m.stated} (the facts: {m.true})" for m in found]
+    return Flag("misread-value", f"thinking reads {_join(list(dict.fromkeys(said)))}",
+                tuple((m.start, m.end) for m in found))
 
 
 # ---------------------------------------------------------------- ignores-image
@@ -256,12 +289,13 @@ def flag_trace(
         "truncated": _truncated(trace),
         "conclusion-mismatch": _conclusion_mismatch(split, thinking, numbers_no_markers, sources),
         "ungrounded-value": _ungrounded(thinking, numbers, sources) if sources else None,
+        "misread-value": _misread(thinking, sources) if sources else None,
         "ignores-image": _ignores_image(split, sources) if sources else None,
         "repetition": _repetition(completion),
         "parroted-reference": _parroted(split, trace, sample, references),
     }
     if trace.get("correct") is True:
-        causes = [found[name] for name in ("ungrounded-value", "conclusion-mismatch") if found[name]]
+        causes = [found[name] for name in ("ungrounded-value", "misread-value", "conclusion-mismatch") if found[name]]
         if causes:
             spans = tuple(sorted({s for flag in causes for s in flag.spans}))
             reason = "correct answer, but " + "; ".join(f"{flag.name}: {flag.reason}" for flag in causes)

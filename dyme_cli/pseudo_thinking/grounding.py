@@ -88,21 +88,27 @@ class Sources:
     label_table: bool  # facts hold a dict of word keys -> numbers
     fact_strings: frozenset  # fact_tokens as written (lower-cased), for a fast first check
     reference_shingles: frozenset  # word 3-gram shingles of the reference
+    label_values: dict  # label -> its value in the facts' label tables (labels with two values left out)
+    lesion_count: int | None  # facts["count"] when the facts list lesions (the medical generator's facts)
 
 
-def _walk_facts(facts: Any, sizes: list[int], scalars: list[str], labels: set[str]) -> bool:
-    """Collect collection sizes, scalar key/value text and labels; True if some dict is a label table."""
+def _walk_facts(facts: Any, sizes: list[int], scalars: list[str], labels: set[str],
+                tables: list[dict] | None = None) -> bool:
+    """Collect collection sizes, scalar key/value text, labels and label tables; True if some dict is a label
+    table."""
+    tables = [] if tables is None else tables
     table = False
     if isinstance(facts, dict):
         if facts and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in facts.values()):
             table = all(WORD_RE.fullmatch(str(k)) for k in facts)
             if table:
                 labels.update(str(k).lower() for k in facts)
+                tables.append({str(k).lower(): float(v) for k, v in facts.items()})
                 if len(facts) > 1:
                     sizes.append(len(facts))
         for k, v in facts.items():
             if isinstance(v, (dict, list, tuple)):
-                table |= _walk_facts(v, sizes, scalars, labels)
+                table |= _walk_facts(v, sizes, scalars, labels, tables)
             else:
                 scalars.append(f"{k} {v}")
     elif isinstance(facts, (list, tuple)):
@@ -110,7 +116,7 @@ def _walk_facts(facts: Any, sizes: list[int], scalars: list[str], labels: set[st
             sizes.append(len(facts))
         for v in facts:
             if isinstance(v, (dict, list, tuple)):
-                table |= _walk_facts(v, sizes, scalars, labels)
+                table |= _walk_facts(v, sizes, scalars, labels, tables)
             else:
                 scalars.append(str(v))
                 if isinstance(v, str) and WORD_RE.fullmatch(v):
@@ -134,13 +140,35 @@ def _build_sources(sample: SampleContext) -> Sources:
     sizes: list[int] = []
     scalars: list[str] = []
     labels: set[str] = set()
-    table = _walk_facts(sample.facts, sizes, scalars, labels)
+    tables: list[dict] = []
+    table = _walk_facts(sample.facts, sizes, scalars, labels, tables)
     numbers = {_key(n.value) for n in find_numbers(text)} | {_key(float(s)) for s in sizes}
     words = {w.lower() for w in WORD_RE.findall(text)}
     scalar_text = " ".join(scalars).lower()
     fact_strings = {t for t in TOKEN_RE.findall(scalar_text) if t not in STOPWORDS}
     return Sources(frozenset(numbers), frozenset(words), frozenset(tokens_as_keys(scalar_text)),
-                   frozenset(labels), table, frozenset(fact_strings), shingles(sample.reference))
+                   frozenset(labels), table, frozenset(fact_strings), shingles(sample.reference),
+                   _label_values(tables), _lesion_count(sample.facts))
+
+
+def _label_values(tables: list[dict]) -> dict:
+    """Every label's value over the label tables; a label two tables give different values is left out."""
+    values: dict[str, float] = {}
+    clashing: set[str] = set()
+    for table in tables:
+        for label, value in table.items():
+            if values.setdefault(label, value) != value:
+                clashing.add(label)
+    return {label: value for label, value in values.items() if label not in clashing}
+
+
+def _lesion_count(facts: Any) -> int | None:
+    """The number of lesions the facts record: an integer `count` next to a `lesions` list."""
+    if isinstance(facts, dict) and isinstance(facts.get("lesions"), list):
+        count = facts.get("count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+    return None
 
 
 _SOURCES_CACHE: dict[int, tuple[SampleContext, Sources]] = {}
@@ -249,21 +277,25 @@ def _derivable(num: Num, grounded: set) -> bool:
     return False
 
 
-def ungrounded_numbers(thinking: str, numbers: list[Num], sources: Sources) -> list[Num]:
+def ungrounded_numbers(thinking: str, numbers: list[Num], sources: Sources) -> tuple[list[Num], list[Num]]:
+    """(numbers grounded by no rule, results of a written chain of grounded operands that the chain does not
+    give: "7 - 1 = 5" is miscomputed even though 5 could be grounded otherwise)."""
     grounded = set(sources.numbers)
     chains = _chains(thinking, numbers)
     is_grounded = [False] * len(numbers)
-    bad = []
+    bad, miscomputed = [], []
     for i, num in enumerate(numbers):
-        ok = _key(num.value) in grounded or is_list_marker(thinking, num)
         chain = chains.get(i)
-        if not ok and chain and all(is_grounded[j] for j in chain[0]):
+        if chain and all(is_grounded[j] for j in chain[0]):
             values = [numbers[j].value for j in chain[0]]
             running = _running(values, chain[1])
             exact = _precedence(values, chain[1])
-            ok = bool(running and _matches(running[-1], num)) or (exact is not None and _matches(exact, num))
-        if not ok:
-            ok = _derivable(num, grounded)
+            if not (bool(running and _matches(running[-1], num)) or (exact is not None and _matches(exact, num))):
+                miscomputed.append(num)
+                continue
+            ok = True
+        else:
+            ok = _key(num.value) in grounded or is_list_marker(thinking, num) or _derivable(num, grounded)
         if ok:
             is_grounded[i] = True
             grounded.add(_key(num.value))
@@ -271,7 +303,7 @@ def ungrounded_numbers(thinking: str, numbers: list[Num], sources: Sources) -> l
                 grounded.update(_key(abs(v)) for v in (_running([numbers[j].value for j in chain[0]], chain[1]) or []))
         else:
             bad.append(num)
-    return bad
+    return bad, miscomputed
 
 
 # ---------------------------------------------------------------- grounded entities

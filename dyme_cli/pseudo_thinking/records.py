@@ -10,6 +10,7 @@ FLAGS = (
     "truncated",
     "conclusion-mismatch",
     "ungrounded-value",
+    "misread-value",
     "ignores-image",
     "repetition",
     "parroted-reference",

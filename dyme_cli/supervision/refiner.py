@@ -25,7 +25,7 @@ DEFAULT_TEMPLATE = (
     "(\"The red bar is 3.\"). Then compute step by step, one operation per sentence (\"3 - 2 = 1.\"). "
     "End with the result in one sentence."
 )
-REJECTING_FLAGS = ("ungrounded-value", "conclusion-mismatch")  # a refined target must not teach these
+REJECTING_FLAGS = ("ungrounded-value", "misread-value", "conclusion-mismatch")  # a refined target must not teach these
 REPLY_TOKENS = 400
 
 
@@ -44,8 +44,8 @@ def refiner_messages(sample: Sample, template: str) -> list[dict]:
 
 
 def rejection(sample: Sample, refined: str, answer_flag: str) -> str | None:
-    """Why `refined` cannot be the sample's reference, or None: empty, another answer concluded, or a value that
-    neither the facts nor the question give."""
+    """Why `refined` cannot be the sample's reference, or None: empty, another answer concluded, a value that
+    neither the facts nor the question give, or a value read against the facts."""
     if not refined.strip():
         return "empty"
     stated = split_completion(refined, answer_flag).answer
