@@ -296,8 +296,9 @@ def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
     if forwarded:  # every process takes part in the update, with or without rows of its own
         micro = chunked(by_length(rows), recipe.optim.micro_batch_size)
         scoring = (engine.policy.pad_token_id, recipe.rollout.temperature, recipe.model.reuse_prompt)
-        old = frozen_logprobs(model, micro, *scoring) if recipe.train.num_iterations > 1 else None
-        ref = frozen_logprobs(engine.reference, micro, *scoring) if engine.reference else None
+        with engine.accelerator.autocast():
+            old = frozen_logprobs(model, micro, *scoring) if recipe.train.num_iterations > 1 else None
+            ref = frozen_logprobs(engine.reference, micro, *scoring) if engine.reference else None
         for _ in range(recipe.train.num_iterations):
             stats.update(optimizer_step(engine, micro, totals, old, ref))
             if stats["nonfinite_updates"]:
@@ -317,8 +318,9 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
     loss_sum, clip_sum, kl_sum, nll_sum, nll_tokens = 0.0, 0.0, 0.0, 0.0, 0.0
     for j, batch in enumerate(micro):
         pairs = [with_completion(row.prompt, row.completion_ids) for row in batch]
-        logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id, recipe.rollout.temperature,
-                                         recipe.model.reuse_prompt)
+        with accelerator.autocast():  # the images a prompt's rows share are encoded outside model.forward
+            logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id, recipe.rollout.temperature,
+                                             recipe.model.reuse_prompt)
         advantages = torch.tensor([row.advantage for row in batch], device=logp.device)
         loss, info = policy_loss(
             logp, old[j] if old else logp.detach(), advantages, mask,

@@ -182,8 +182,9 @@ def _ungrounded(thinking: str, numbers: list[Num], sources: Sources) -> Flag | N
         reasons.append(f"thinking uses {_join(names)}, which {verb} in neither the question, the facts nor the "
                        "reference, nor computed from them")
     if miscomputed:
-        reasons.append(f"{_join(list(dict.fromkeys(n.text for n in miscomputed)))} is not what the written "
-                       "arithmetic before it gives")
+        wrong = list(dict.fromkeys(n.text for n in miscomputed))
+        reasons.append(f"{_join(wrong)} {'is' if len(wrong) == 1 else 'are'} not what the written arithmetic before "
+                       f"{'it gives' if len(wrong) == 1 else 'them gives'}")
     spans = sorted([(a, b) for _, a, b in bad] + [(n.start, n.end) for n in miscomputed])
     return Flag("ungrounded-value", "; ".join(reasons), tuple(spans))
 
