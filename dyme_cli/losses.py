@@ -92,7 +92,7 @@ def policy_loss(
     if beta > 0:
         kl = k3_kl(logp, ref_logp)
         per_token = per_token + beta * kl
-        stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
+        stats["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
     return aggregate(per_token, mask, loss_type, totals), stats
 
 

@@ -236,6 +236,9 @@ def model_class_for(config) -> tuple[type, bool]:
 # Where each family keeps its vision encoder (Idefics3/SmolVLM, LLaVA-OneVision, Qwen-VL): the one per-family
 # table the engine needs, for `freeze_vision`.
 VISION_TOWERS = ("vision_model", "vision_tower", "visual")
+# What maps the vision encoder's output into the language model (Idefics3, LLaVA-OneVision; Qwen's merger is part
+# of `visual`): with the towers, everything an image's features depend on.
+CONNECTORS = ("connector", "multi_modal_projector", "image_newline")
 # LoRA's default targets: attention and MLP projections outside the vision encoder, which covers the language
 # model of every family (Idefics3 `text_model`, Qwen and LLaVA `language_model`, plain causal LMs `model.layers`).
 DEFAULT_LORA_TARGETS = r"^(?!.*(vision|visual)).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -277,6 +280,13 @@ def add_lora(model, lora: LoraSection):
             return get_peft_model(model, config)
     except ValueError as exc:  # no module matched the regex
         raise ModelLoadError(f"[model.lora].target_modules: {str(exc).splitlines()[0]}") from None
+
+
+def image_features_frozen(model: torch.nn.Module) -> bool:
+    """Whether no weight an image's features depend on (vision towers, connectors) is trained, so that features
+    computed once stay valid for a whole step, across optimizer steps and for the reference model."""
+    parts = set(VISION_TOWERS) | set(CONNECTORS)
+    return not any(p.requires_grad for name, p in model.named_parameters() if parts & set(name.split(".")))
 
 
 def vision_towers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -6,10 +6,10 @@ rollouts and memorization targets are both token ids appended after it, so they 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -202,7 +202,7 @@ def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[in
 
 def completion_logprobs(
     model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int, temperature: float = 1.0,
-    completion_only: bool = True,
+    completion_only: bool = True, image_features: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of each row's completion tokens under the policy that sampled them (logits / temperature,
     as TRL does), and the mask of those positions.
@@ -210,11 +210,11 @@ def completion_logprobs(
     Both have shape (rows, max completion length); only completion tokens are scored. With `completion_only`
     the model computes logits only from the first position that predicts a completion token (`logits_to_keep`),
     not over every prompt position, and encodes the images of rows that share a prompt once
-    (`with_images_encoded_once`).
+    (`with_images_encoded_once`; with `image_features`, once for every call that shares that dict).
     """
     batch = collate([row for row, _ in rows], pad_id, "right")
     if completion_only:
-        batch = with_images_encoded_once(model, [row for row, _ in rows], batch)
+        batch = with_images_encoded_once(model, [row for row, _ in rows], batch, image_features)
     batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     first = min(prompt_len for _, prompt_len in rows) - 1 if completion_only else 0  # predicts a completion token
     keep = {"logits_to_keep": batch["input_ids"].shape[1] - first} if completion_only else {}
@@ -230,12 +230,16 @@ def completion_logprobs(
     return token_logp.gather(1, positions) * mask, mask
 
 
-def with_images_encoded_once(model: torch.nn.Module, rows: Sequence[dict], batch: dict) -> dict:
+def with_images_encoded_once(model: torch.nn.Module, rows: Sequence[dict], batch: dict,
+                             cache: dict | None = None) -> dict:
     """`batch` (the collated `rows`) with its pixel inputs replaced by image features encoded once per distinct
     prompt (the rows of one prompt share its pixel tensors) and repeated for each of its rows, as the pre-encoded
     features transformers' vision-language models accept (`mm_encoder_outputs`). Gradients reach the vision
-    tower and connector through the one encoding. Unchanged for text-only rows, a model without that input, or
-    features that do not line up one-to-one with the image tokens."""
+    tower and connector through the one encoding. With a `cache` (only when no weight the features depend on is
+    trained, `modeling.image_features_frozen`), features are computed without gradients and kept there by prompt,
+    for every later call of the step: the other micro-batches, the other iterations, the reference model.
+    Unchanged for text-only rows, a model without that input, or features that do not line up one-to-one with
+    the image tokens."""
     pixel_keys = [key for key in batch if key.startswith("pixel_")]
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
     token_id = getattr(model.config, "image_token_id", None)
@@ -244,23 +248,46 @@ def with_images_encoded_once(model: torch.nn.Module, rows: Sequence[dict], batch
     distinct: dict[int, dict] = {}  # prompt (by its pixel tensor) -> one of its rows
     for row in rows:
         distinct.setdefault(id(row[pixel_keys[0]]), row)
-    prompts = list(distinct.values())
-    images = collate(prompts, 0, "right")
-    encode = model.get_image_features
-    wanted = inspect.signature(encode).parameters
-    features = encode(**{k: v.to(model.device) for k, v in images.items() if k in wanted and k != "input_ids"},
-                      return_dict=True)
-    counts = [int((prompt["input_ids"] == token_id).sum()) for prompt in prompts]
-    if _feature_rows(features.pooler_output).shape[0] != sum(counts):
-        return batch
-    offsets = dict(zip(distinct, itertools.accumulate([0, *counts[:-1]])))
-    count_of = dict(zip(distinct, counts))
-    index = torch.cat([torch.arange(count_of[key]) + offsets[key] for key in (id(row[pixel_keys[0]]) for row in rows)])
-    repeated = {"pooler_output": _rows_of(features.pooler_output, index)}
-    if getattr(features, "deepstack_features", None) is not None:  # Qwen3-VL: per-layer features of the same rows
-        repeated["deepstack_features"] = [_rows_of(layer, index) for layer in features.deepstack_features]
+    known = cache if cache is not None else {}
+    missing = [key for key in distinct if key not in known]
+    if missing:
+        with torch.no_grad() if cache is not None else contextlib.nullcontext():
+            encoded = _encode_images(model, [distinct[key] for key in missing], token_id)
+        if encoded is None:
+            return batch
+        known.update(zip(missing, encoded))
+    per_row = [known[id(row[pixel_keys[0]])] for row in rows]
+    first = per_row[0]
+    layers = [_container(first.container, torch.cat([e.layers[i] for e in per_row])) for i in range(len(first.layers))]
+    features = {"pooler_output": layers[0]}
+    if len(layers) > 1:  # Qwen3-VL: per-layer features of the same image tokens
+        features["deepstack_features"] = layers[1:]
     rest = {k: v for k, v in batch.items() if k not in pixel_keys}
-    return {**rest, "mm_encoder_outputs": {"image": type(features)(**repeated)}}
+    return {**rest, "mm_encoder_outputs": {"image": first.output_type(**features)}}
+
+
+class _Encoded(NamedTuple):
+    """One prompt's image features, as `get_image_features` gave them."""
+
+    container: str  # how the model reads the pooled features: "tensor" (a batch of one) or "list"
+    layers: tuple[torch.Tensor, ...]  # the prompt's image-token rows: pooled, then each deepstack layer's
+    output_type: type
+
+
+def _encode_images(model, prompts: list[dict], token_id: int) -> list[_Encoded] | None:
+    """Each prompt's image features; None when they do not line up with the prompts' image tokens."""
+    images = collate(prompts, 0, "right")
+    wanted = inspect.signature(model.get_image_features).parameters
+    features = model.get_image_features(
+        **{k: v.to(model.device) for k, v in images.items() if k in wanted and k != "input_ids"}, return_dict=True)
+    counts = [int((prompt["input_ids"] == token_id).sum()) for prompt in prompts]
+    layers = [_feature_rows(features.pooler_output)]
+    layers += [_feature_rows(layer) for layer in getattr(features, "deepstack_features", None) or ()]
+    if any(layer.shape[0] != sum(counts) for layer in layers):
+        return None
+    container = "tensor" if torch.is_tensor(features.pooler_output) else "list"
+    per_layer = [layer.split(counts) for layer in layers]
+    return [_Encoded(container, tuple(layer[i] for layer in per_layer), type(features)) for i in range(len(prompts))]
 
 
 def _feature_rows(features) -> torch.Tensor:
@@ -269,8 +296,6 @@ def _feature_rows(features) -> torch.Tensor:
     return torch.cat([part.reshape(-1, part.shape[-1]) for part in parts])
 
 
-def _rows_of(features, index: torch.Tensor):
-    """The given image-token rows of `features`, in the container the models read (a batch of one, or a list)."""
-    flat = _feature_rows(features)
-    rows = flat[index.to(flat.device)]
-    return rows.unsqueeze(0) if torch.is_tensor(features) else [rows]
+def _container(kind: str, rows: torch.Tensor):
+    """Image-token feature rows in the container the models read: a batch of one, or a one-item list."""
+    return rows.unsqueeze(0) if kind == "tensor" else [rows]

@@ -29,7 +29,7 @@ from .dyme import Mode
 from .errors import UserError, first_line
 from .evaluate import EvalReport, evaluate, trace_writer
 from .losses import StepTotals, policy_loss
-from .modeling import (Policy, check_completion_length, context_length, load_for_recipe,
+from .modeling import (Policy, check_completion_length, context_length, image_features_frozen, load_for_recipe,
                        prepare_for_training, save_policy)
 from .plugins import load_verifiers
 from .recipe import Recipe, recipe_to_toml
@@ -295,12 +295,14 @@ def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
     stats: dict = {"loss": None, "grad_norm": None, "rows": int(forwarded), "tokens": int(tokens), "nonfinite_updates": 0}
     if forwarded:  # every process takes part in the update, with or without rows of its own
         micro = chunked(by_length(rows), recipe.optim.micro_batch_size)
-        scoring = (engine.policy.pad_token_id, recipe.rollout.temperature, recipe.model.reuse_prompt)
+        reuse = recipe.model.reuse_prompt
+        images = {} if reuse and image_features_frozen(model) else None  # one encoding per prompt for the step
+        scoring = (engine.policy.pad_token_id, recipe.rollout.temperature, reuse, images)
         with engine.accelerator.autocast():
             old = frozen_logprobs(model, micro, *scoring) if recipe.train.num_iterations > 1 else None
             ref = frozen_logprobs(engine.reference, micro, *scoring) if engine.reference else None
         for _ in range(recipe.train.num_iterations):
-            stats.update(optimizer_step(engine, micro, totals, old, ref))
+            stats.update(optimizer_step(engine, micro, totals, old, ref, images))
             if stats["nonfinite_updates"]:
                 break  # the weights did not move: another iteration would compute the same non-finite loss
     with warnings.catch_warnings():
@@ -311,7 +313,7 @@ def update(engine: Engine, rows: list[Row], totals: StepTotals) -> dict:
     return stats
 
 
-def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
+def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref, images: dict | None) -> dict:
     recipe, model, accelerator = engine.recipe, engine.policy.model, engine.accelerator
     train_cfg = recipe.train
     engine.optimizer.zero_grad(set_to_none=True)
@@ -320,7 +322,7 @@ def optimizer_step(engine: Engine, micro, totals: StepTotals, old, ref) -> dict:
         pairs = [with_completion(row.prompt, row.completion_ids) for row in batch]
         with accelerator.autocast():  # the images a prompt's rows share are encoded outside model.forward
             logp, mask = completion_logprobs(model, pairs, engine.policy.pad_token_id, recipe.rollout.temperature,
-                                             recipe.model.reuse_prompt)
+                                             recipe.model.reuse_prompt, images)
         advantages = torch.tensor([row.advantage for row in batch], device=logp.device)
         loss, info = policy_loss(
             logp, old[j] if old else logp.detach(), advantages, mask,
@@ -369,10 +371,11 @@ def peak_bytes() -> int:
 
 
 @torch.no_grad()
-def frozen_logprobs(model, micro, pad_id: int, temperature: float, completion_only: bool) -> list[torch.Tensor]:
+def frozen_logprobs(model, micro, pad_id: int, temperature: float, completion_only: bool,
+                    images: dict | None) -> list[torch.Tensor]:
     """Log-probs before any update (old policy for mu > 1) or under the frozen reference model."""
     return [completion_logprobs(model, [with_completion(r.prompt, r.completion_ids) for r in batch], pad_id,
-                                temperature, completion_only)[0]
+                                temperature, completion_only, images)[0]
             for batch in micro]
 
 

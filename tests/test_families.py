@@ -168,3 +168,38 @@ def test_images_encoded_once_per_prompt_give_the_same_gradients(family, tmp_path
     assert set(once) == set(every) and any("vision" in n or "visual" in n for n in once)
     for name in once:
         assert torch.allclose(once[name], every[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not FAMILIES[f][1]])
+def test_frozen_image_features_are_encoded_once_for_the_whole_step(family, tmp_path, chart_data, math_data):
+    """With every weight the image features depend on frozen, one step's forwards (micro-batches, iterations,
+    the reference model) share one encoding per prompt, with the log-probs of encoding every time; with
+    `freeze_vision` alone that holds where the connector is part of the vision tower (Qwen's merger)."""
+    from dyme_cli.modeling import CONNECTORS, VISION_TOWERS, image_features_frozen, prepare_for_training
+    from dyme_cli.recipe import ModelSection
+    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    model = policy.model
+    prepare_for_training(policy, ModelSection(name_or_path="unused", freeze_vision=True))
+    assert image_features_frozen(model) is family.startswith("qwen")
+    for name, parameter in model.named_parameters():
+        if set(name.split(".")) & set(VISION_TOWERS + CONNECTORS):
+            parameter.requires_grad_(False)
+    assert image_features_frozen(model)
+    prompts = [encode_prompt(policy, s) for s in samples[:2]]
+    ids = policy.tokenizer("so it is 5", add_special_tokens=False)["input_ids"]
+    micro = [[with_completion(prompts[0], ids[:2]), with_completion(prompts[1], ids[:3])],
+             [with_completion(prompts[1], ids[:2]), with_completion(prompts[0], ids[:4])]]
+    encoded = []
+    vision = next(getattr(model.model, n) for n in VISION_TOWERS if hasattr(model.model, n))
+    vision.register_forward_hook(lambda module, args, out: encoded.append(1))
+    step = {}
+    with torch.no_grad():
+        shared = [completion_logprobs(model, rows, policy.pad_token_id, image_features=step)[0] for rows in micro * 2]
+        assert len(encoded) == 1 and len(step) == 2  # both prompts, in one call, for all four forwards
+        encoded.clear()
+        alone = [completion_logprobs(model, rows, policy.pad_token_id)[0] for rows in micro * 2]
+    assert len(encoded) == 4
+    for a, b in zip(shared, alone):
+        assert torch.allclose(a, b, atol=1e-5)
