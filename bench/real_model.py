@@ -8,7 +8,7 @@ evaluation excluded), and the peak memory of the training process.
 
     python bench/real_model.py [--steps 30] [--prompts 8] [--k 4] [--eval 40] [--max-new-tokens 160] [--lr 5e-5]
 
-The defaults should take about 30 minutes on a 2-core CPU (`--steps 12` took 13). Work files go to a temporary folder (--work to keep them).
+The defaults should take about 30 minutes on a 2-core CPU (`--steps 12` took 11). Work files go to a temporary folder (--work to keep them).
 """
 
 from __future__ import annotations
