@@ -50,7 +50,7 @@ SCORED = ("misread-value", "ungrounded-value", "conclusion-mismatch", "right-for
           "repetition")
 GROUNDING = ("misread-value", "ungrounded-value", "conclusion-mismatch")
 EXTRA_COLOURS = ("pink", "brown", "cyan", "teal", "navy")
-COUNT_WORDS = ("no", "one", "two", "three", "four", "five")
+COUNT_WORDS = ("no", "one", "two", "three", "four")
 
 
 @dataclass
@@ -228,7 +228,7 @@ def misread_count(sample: Sample, rng) -> tuple | None:
     m = _COUNT_STATEMENT.search(sample.reference)
     if m is None:
         return None
-    word = rng.choice([w for w in COUNT_WORDS[:5] if w != m.group(1)])
+    word = rng.choice([w for w in COUNT_WORDS if w != m.group(1)])
     statement = f"There {'is' if word == 'one' else 'are'} {word} bright lesion{'' if word == 'one' else 's'}"
     return sample.reference[: m.start()] + statement + sample.reference[m.end():], sample.answer, {"misread-value"}
 

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         for variant in variants:
             run_dir, result = out / f"{variant}-{round_}", out / f"{variant}-{round_}.json"
-            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
             print(f"round {round_ + 1}/{args.rounds}: {variant}", flush=True)
             subprocess.run([sys.executable, __file__, "--child", variant, "--model", str(model), "--data", str(train),
                             "--run-dir", str(run_dir), "--result", str(result),

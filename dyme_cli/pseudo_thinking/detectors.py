@@ -16,6 +16,7 @@ from .grounding import (
     Num,
     Sources,
     find_numbers,
+    format_number,
     is_list_marker,
     parse_number,
     sample_sources,
@@ -212,14 +213,10 @@ def _ignores_image(split: SplitCompletion, sources: Sources) -> Flag | None:
         return None  # fast path: a fact word or a number written as in the facts
     if tokens_as_keys(thinking) & sources.fact_tokens:
         return None
-    shown = sorted(str(t) if isinstance(t, str) else _fmt(t) for t in sources.fact_tokens)
+    shown = sorted(str(t) if isinstance(t, str) else format_number(t) for t in sources.fact_tokens)
     more = ", ..." if len(shown) > 8 else ""
     return Flag("ignores-image", f"thinking mentions none of the image facts ({', '.join(shown[:8])}{more})",
                 (split.thinking_span,))
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 # ---------------------------------------------------------------- repetition

@@ -76,6 +76,16 @@ def _tolerance(num: Num) -> float:
     return 0.5 * 10 ** -num.decimals + 1e-9
 
 
+def same_value(value: float, num: Num) -> bool:
+    """Whether `num`, as written, states `value` (within half its last shown digit)."""
+    return abs(num.value - value) <= _tolerance(num)
+
+
+def format_number(value: float) -> str:
+    """A number as a trace would write it: 4.0 -> "4"."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 # ---------------------------------------------------------------- sources
 
 

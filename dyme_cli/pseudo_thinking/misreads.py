@@ -8,7 +8,7 @@ import functools
 import re
 from typing import NamedTuple
 
-from .grounding import NUMBER, Sources, parse_number
+from .grounding import NUMBER, Sources, find_numbers, format_number, same_value
 
 NUMBER_WORDS = {"no": 0, "zero": 0, "a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4,
                 "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
@@ -73,9 +73,8 @@ def _label_misreads(thinking: str, values: dict) -> list[Misread]:
     for m in labels.finditer(thinking):
         true = values[m.group(1).lower()]
         for number, start, end in _bound_numbers(thinking, m, conjoined):
-            stated = parse_number(number)
-            if abs(stated - true) > 0.5 * 10 ** -_decimals(number) + 1e-9:
-                out.append(Misread(m.group(1), number, _fmt(true), min(start, m.start()), max(end, m.end())))
+            if not same_value(true, find_numbers(number)[0]):
+                out.append(Misread(m.group(1), number, format_number(true), min(start, m.start()), max(end, m.end())))
     return out
 
 
@@ -110,12 +109,3 @@ def _finding_misreads(thinking: str, count: int) -> list[Misread]:
         return [Misread("finding", thinking[a:b], "abnormal", a, b) for a, b in normal]
     abnormal = [m.span() for m in _ABNORMAL.finditer(thinking) if not any(a <= m.start() < b for a, b in normal)]
     return [Misread("finding", thinking[a:b], "normal", a, b) for a, b in abnormal]
-
-
-def _decimals(number: str) -> int:
-    digits = number.rstrip("%")
-    return len(digits.split(".")[1]) if "." in digits else 0
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
