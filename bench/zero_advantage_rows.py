@@ -17,7 +17,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dyme_cli.batch import PromptGroup, StepBatch
+from dyme_cli.batch import PromptGroup, Row, StepBatch
 from dyme_cli.data import read_samples, target_text
 from dyme_cli.modeling import load_policy
 from dyme_cli.tiny_models import build_tiny_smolvlm
@@ -25,9 +25,8 @@ from dyme_cli.plugins import load_verifiers
 from dyme_cli.prepare.synthetic_chart import generate as make_charts
 from dyme_cli.recipe import TinyModel, recipe_from_dict
 from dyme_cli.rollout import encode_prompt
-from dyme_cli.trainer import (
-    Engine, Row, assemble_rows, build_optimizer, gate, sample_rollouts, step_totals, update, verify,
-)
+from dyme_cli.optim import build_optimizer
+from dyme_cli.step import Engine, assemble_rows, gate, sample_rollouts, step_totals, update, verify
 from dyme_cli.verify_pool import VerifierPool
 
 

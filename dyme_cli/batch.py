@@ -2,6 +2,7 @@
 
     sample + encoded prompt ─► completions (rollout) ─► verdicts, rewards (verify) ─► decision (gate)
                                                                                   └► target (memorize)
+    groups ─► Rows (assemble: the rows with a non-zero advantage) ─► the update
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class Target(NamedTuple):
 
 @dataclass
 class PromptGroup:
-    """One prompt of a step and everything the step learns about it."""
+    """One prompt of a step and everything the step learns about it; a rollout Backend reads its sample, text and
+    prompt (rollout.PromptInput)."""
 
     sample: Sample
     prompt: dict  # the encoded prompt: input ids, attention mask, pixel values, ...
@@ -35,10 +37,22 @@ class PromptGroup:
     rewards: list[float] = field(default_factory=list)  # weighted total reward per completion
     decision: GroupDecision | None = None  # memorize / explore / skip, with per-rollout advantages
     target: Target | None = None  # the reference target, when the group memorizes
+    text: str = ""  # the rendered prompt (rollout.PromptInput), for backends that encode prompts themselves
 
     @property
     def correct(self) -> list[bool]:
         return [v.correct for v in self.verdicts]
+
+
+@dataclass
+class Row:
+    """One sequence the update learns from: an encoded prompt, a completion (a rollout or the reference target)
+    and its advantage."""
+
+    prompt: dict
+    completion_ids: list[int]
+    advantage: float
+    memorized: bool = False
 
 
 @dataclass

@@ -23,21 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .dyme import mean, std
+from .dyme import METHODS, Mode, mean, phases, std
 from .errors import BadArgument
 from .pseudo_thinking import flag_traces, load_traces
 from .recipe import Recipe, recipe_to_toml
 from .rundir import RunDir, checkpoint_step
+from .traces import StepMetrics
 from .trainer import train
 
-METHODS: dict[str, tuple[str, ...]] = {  # method -> the algorithm of each phase
-    "dyme": ("dyme",),
-    "sft": ("sft",),
-    "grpo": ("grpo",),
-    "sft-grpo": ("sft", "grpo"),
-    "threshold": ("threshold",),
-    "anneal": ("anneal",),
-}
 FLAGS = ("ungrounded-value", "misread-value", "right-for-wrong-reasons", "conclusion-mismatch")
 RESULT_FILE = "compare.json"
 PLOT_FILE = "accuracy.png"
@@ -98,7 +91,7 @@ def summarize(method: str, lr: float, runs: Sequence[RunOutcome]) -> MethodSumma
         method, lr, spread([r.accuracy for r in runs]), spread([r.format_rate for r in runs]),
         {name: spread([r.flags.get(name, 0.0) for r in runs]) for name in FLAGS},
         mean([r.train_s for r in runs]),
-        {mode: mean([r.modes.get(mode, 0.0) for r in runs]) for mode in ("memorize", "explore", "skip")},
+        {mode.value: mean([r.modes.get(mode.value, 0.0) for r in runs]) for mode in Mode},
     )
 
 
@@ -141,7 +134,7 @@ def compare(
         raise BadArgument("the recipe has no [data].test: the comparison scores every method on it")
     if not seeds:
         raise BadArgument("no seed to run")
-    if recipe.train.max_steps < 2 and any(len(METHODS[m]) > 1 for m in methods):
+    if recipe.train.max_steps < 2 and any(len(phases(m)) > 1 for m in methods):
         raise BadArgument("sft-grpo needs at least 2 steps: one of SFT, one of GRPO")
     candidates = sorted(set(lrs)) or [recipe.optim.lr]
     if len(candidates) > 1 and val is None:
@@ -184,7 +177,7 @@ class Plan:
 
     def phase_steps(self, method: str) -> list[int]:
         total = self.recipe.train.max_steps
-        if len(METHODS[method]) == 1:
+        if len(phases(method)) == 1:
             return [total]
         first = min(total - 1, max(1, round(total * self.sft_fraction)))
         return [first, total - first]
@@ -193,22 +186,22 @@ class Plan:
         """Train (or read back) every phase of `method`; the final scores are the last phase's, the curve and
         the costs cover all phases (a later phase's steps continue the earlier one's)."""
         directory = self.out / group / f"{method}-lr{lr:g}-seed{seed}"
-        phases = list(zip(METHODS[method], self.phase_steps(method)))
+        layout = list(zip(phases(method), self.phase_steps(method)))
         model, offset, curve, records = self.recipe.model.name_or_path, 0, [], []
-        for index, (algorithm, steps) in enumerate(phases, start=1):
-            run = RunDir(directory / f"{index}-{algorithm}" if len(phases) > 1 else directory)
-            self.on_run(f"{group}: {method}, lr {lr:g}, seed {seed}" + (f", phase {algorithm}" if len(phases) > 1 else ""))
+        for index, (algorithm, steps) in enumerate(layout, start=1):
+            run = RunDir(directory / f"{index}-{algorithm}" if len(layout) > 1 else directory)
+            self.on_run(f"{group}: {method}, lr {lr:g}, seed {seed}" + (f", phase {algorithm}" if len(layout) > 1 else ""))
             checkpoint = self.train_or_read(self.phase_recipe(algorithm, steps, lr, seed, model, test, run.path), run)
-            phase_records = run.metrics()
+            phase_records = [StepMetrics.from_record(line) for line in run.metrics()]
             if index == 1:
                 curve.append((0, first_eval(run)))
-            curve += [(offset + r["step"], r["eval_accuracy"]) for r in phase_records if "eval_accuracy" in r]
+            curve += [(offset + r.step, r.eval_accuracy) for r in phase_records if r.eval_accuracy is not None]
             records += phase_records
             model, offset = str(checkpoint.resolve()), offset + steps
         final = records[-1]
-        return RunOutcome(method, lr, seed, final["eval_accuracy"], final["eval_format_rate"],
-                          train_s=sum(r["time_generate"] + r["time_verify"] + r["time_update"] for r in records),
-                          curve=curve, flags=flag_rates(run, final["step"]), modes=mode_shares(records))
+        return RunOutcome(method, lr, seed, final.eval_accuracy, final.eval_format_rate,
+                          train_s=sum(r.train_s for r in records), curve=curve, flags=flag_rates(run, final.step),
+                          modes=mode_shares(records))
 
     def phase_recipe(self, algorithm: str, steps: int, lr: float, seed: int, model: str, test: Path, run_dir: Path
                      ) -> Recipe:
@@ -229,7 +222,7 @@ class Plan:
             raise BadArgument(f"{run.path} holds a run of another recipe; choose another output folder")
         checkpoints, records = run.checkpoints(), run.metrics()
         finished = checkpoints and checkpoint_step(checkpoints[-1]) == recipe.train.max_steps
-        if finished and records and "eval_accuracy" in records[-1]:
+        if finished and records and StepMetrics.from_record(records[-1]).eval_accuracy is not None:
             self.on_message(f"{run.path}: finished earlier, read back")
             return checkpoints[-1]
         return train(recipe, resume=bool(run.contents()), on_message=self.on_message).checkpoint
@@ -248,9 +241,9 @@ def flag_rates(run: RunDir, step: int) -> dict[str, float]:
     return {name: sum(any(f.name == name for f in found) for found in flags) / max(1, len(traces)) for name in FLAGS}
 
 
-def mode_shares(records: Sequence[dict]) -> dict[str, float]:
+def mode_shares(records: Sequence[StepMetrics]) -> dict[str, float]:
     """memorize / explore / skip as shares of all prompt groups of the run."""
-    counts = {mode: sum(r[f"n_{mode}"] for r in records) for mode in ("memorize", "explore", "skip")}
+    counts = {mode.value: sum(r.modes[mode] for r in records) for mode in Mode}
     total = sum(counts.values()) or 1
     return {mode: n / total for mode, n in counts.items()}
 

@@ -4,6 +4,7 @@ For each prompt with K verified rollouts:
   no rollout correct   -> MEMORIZE: learn the reference target as one row with advantage 1;
   some correct         -> EXPLORE:  GRPO advantages A_i = (r_i - mean(r)) / (std(r) + eps);
   all correct          -> SKIP (nothing to learn), or EXPLORE when `all_correct = "explore"`.
+The methods, each one row of METHODS (what the recipe, the gate and `dyme compare` read):
 `algorithm = "sft"` memorizes every prompt; `algorithm = "grpo"` never memorizes. The paper's other switching
 strategies, for comparison: `threshold` memorizes a prompt while fewer than a fraction t of its rollouts are correct
 (explores otherwise); `anneal` (SFT annealing) memorizes each prompt with a probability that falls linearly from 1
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 class Mode(str, Enum):
@@ -47,23 +48,43 @@ def gate(correct: Sequence[bool], algorithm: str, all_correct: str, switch: Swit
          ) -> Mode:
     """Which mode a prompt's group takes, from the correctness of its rollouts (and, for `anneal`, its draw)."""
     n_correct = sum(correct)
-    if memorizes(algorithm, n_correct / len(correct) if correct else 0.0, switch, draw):
+    if METHODS[algorithm].memorizes(n_correct / len(correct) if correct else 0.0, switch, draw):
         return Mode.MEMORIZE
     if n_correct == len(correct) and all_correct == "skip":
         return Mode.SKIP
     return Mode.EXPLORE
 
 
-def memorizes(algorithm: str, fraction_correct: float, switch: Switch, draw: float) -> bool:
-    if algorithm == "sft":
-        return True
-    if algorithm == "dyme":
-        return fraction_correct == 0.0
-    if algorithm == "threshold":
-        return fraction_correct < switch.threshold
-    if algorithm == "anneal":
-        return draw < switch.memorize_probability
-    return False  # grpo
+#: (fraction of the group's rollouts that are correct, the step's Switch, the prompt's draw) -> memorize?
+MemorizeRule = Callable[[float, Switch, float], bool]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way of training that `dyme compare` can run: one algorithm of the recipe (`memorizes`, the gate's rule),
+    or `phases`, algorithms trained one after the other, each phase starting from the previous one's checkpoint."""
+
+    memorizes: MemorizeRule | None = None
+    samples: bool = True  # draws K rollouts per prompt; SFT learns from the references alone
+    phases: tuple[str, ...] = ()
+
+
+#: The one table of methods: the recipe's `[train].algorithm` choices (the rows with a rule), `dyme compare`'s
+#: methods and their phases, and its default list, in this order. A new baseline is a row here.
+METHODS: dict[str, Method] = {
+    "dyme": Method(lambda correct, switch, draw: correct == 0.0),
+    "sft": Method(lambda correct, switch, draw: True, samples=False),
+    "grpo": Method(lambda correct, switch, draw: False),
+    "sft-grpo": Method(phases=("sft", "grpo")),
+    "threshold": Method(lambda correct, switch, draw: correct < switch.threshold),
+    "anneal": Method(lambda correct, switch, draw: draw < switch.memorize_probability),
+}
+ALGORITHMS = tuple(name for name, method in METHODS.items() if method.memorizes is not None)
+
+
+def phases(method: str) -> tuple[str, ...]:
+    """The algorithms a method trains, in order: itself, or its phases."""
+    return METHODS[method].phases or (method,)
 
 
 def anneal_probability(step: int, total: int) -> float:

@@ -16,7 +16,7 @@ from . import processes
 from .data import QUESTION, Sample, append_jsonl, instruction_template
 from .modeling import Policy
 from .recipe import DEFAULT_REWARD_WEIGHTS, load_recipe
-from .rollout import GREEDY, Completion, encode_prompt, generate, sampling_settings
+from .rollout import GREEDY, Backend, Completion, TransformersBackend, prompt_input, sampling_settings
 from .rundir import run_recipe_file
 from .traces import eval_traces
 from .verdict import Verdict
@@ -123,6 +123,7 @@ def evaluate(
     samples_per_prompt: int = 1,
     temperature: float = 1.0,
     verifier: str | None = None,
+    backend: Backend | None = None,
     report: EvalReport | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_group: GroupCallback | None = None,
@@ -130,6 +131,7 @@ def evaluate(
     """Score every sample; `report` is filled in place, so a caller that stops early keeps what was done.
 
     `prompt_template` holds `{question}` (see `prompt_template_for`); `verifier` overrides each sample's task;
+    `backend` samples the completions (a training run's own; by default the policy's transformers generate);
     `on_group` sees each prompt's completions and verdicts; `on_batch(n)` follows the prompts done.
 
     With N processes each scores its share of the samples (processes.share), batch by batch, and every process's
@@ -138,10 +140,11 @@ def evaluate(
     """
     report = report if report is not None else EvalReport(k=samples_per_prompt)
     sampling = GREEDY if samples_per_prompt == 1 else sampling_settings(temperature=temperature)
+    backend = backend or TransformersBackend(policy)
     mine = [samples[i] for i in processes.share(len(samples))]
     largest_share = len(processes.share(len(samples), process=0))
     for start in range(0, largest_share, batch_size):
-        scored = _score(policy, mine[start : start + batch_size], verifiers, prompt_template=prompt_template,
+        scored = _score(policy, backend, mine[start : start + batch_size], verifiers, prompt_template=prompt_template,
                         max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, sampling=sampling,
                         verifier=verifier)
         everyone = processes.everyone(scored)
@@ -154,15 +157,15 @@ def evaluate(
     return report
 
 
-def _score(policy: Policy, chunk: Sequence[Sample], verifiers: VerifierPool, *, prompt_template: str,
+def _score(policy: Policy, backend: Backend, chunk: Sequence[Sample], verifiers: VerifierPool, *, prompt_template: str,
            max_new_tokens: int, samples_per_prompt: int, sampling: dict, verifier: str | None
            ) -> list[tuple[Sample, str, list[tuple[Completion, Verdict]]]]:
     """(sample, task, its completions with their verdicts) for each sample of `chunk`."""
     if not chunk:
         return []
-    prompts = [encode_prompt(policy, s, prompt_template) for s in chunk]
-    groups = generate(policy, prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
-                      sampling=sampling, batch_size=len(chunk))
+    prompts = [prompt_input(policy, s, prompt_template) for s in chunk]
+    groups = backend.generate(prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
+                              sampling=sampling, batch_size=len(chunk))
     tasks = [verifier or s.task for s in chunk]
     verdicts, _ = verifiers.verify_groups(
         [(task, s, [c.text for c in group]) for s, task, group in zip(chunk, tasks, groups)])

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 import torch
 
 
-LOSS_SCALES = ("rollouts", "active_rows")
-
 
 @dataclass(frozen=True)
 class StepTotals:
@@ -40,7 +38,7 @@ class StepTotals:
     tokens: int
     micro_batches: int  # forwarded micro-batches
     max_new_tokens: int
-    scale: str = "active_rows"  # one of LOSS_SCALES
+    scale: str = "active_rows"  # [train].loss_scale: "rollouts" or "active_rows"
 
 
 def clipped_surrogate(

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .dyme import METHODS
 from .data import DataError, Sample, task_lines, user_text
 from .errors import first_line
 from .hub import is_hub_id
@@ -120,8 +121,9 @@ def _check_batches(recipe: Recipe, plan: Plan, processes: int) -> None:
     if processes > 1:
         _per_process(recipe, plan, processes)
     prompts, k = train.prompts_per_step, rollout.num_generations
-    rollouts = 0 if train.algorithm == "sft" else prompts * k
-    max_rows = prompts if train.algorithm == "sft" else prompts * k  # a memorized prompt is 1 row, an explored one K
+    samples = METHODS[train.algorithm].samples
+    rollouts = prompts * k if samples else 0
+    max_rows = prompts * k if samples else prompts  # a memorized prompt is 1 row, an explored one K
     plan.add("algorithm", f"{train.algorithm} (loss {train.loss_type}, beta {train.beta:g})")
     plan.add("rollouts per step", f"{prompts} prompts x K={k} = {rollouts}" if rollouts else "none (sft)")
     if rollouts:
@@ -132,7 +134,7 @@ def _check_batches(recipe: Recipe, plan: Plan, processes: int) -> None:
     plan.add("optimizer steps", f"{train.max_steps * train.num_iterations} ({train.max_steps} steps x mu="
                                 f"{train.num_iterations})")
     plan.add("tokens per rollout", f"at most {rollout.max_new_tokens}")
-    if train.algorithm in ("dyme", "grpo") and k < 2:
+    if samples and k < 2:
         plan.problems.append("[rollout].num_generations must be at least 2 for group advantages")
     if recipe.run.save_every > train.max_steps:
         plan.notes.append(f"[run].save_every = {recipe.run.save_every} > [train].max_steps: only the final "
@@ -156,7 +158,7 @@ def _per_process(recipe: Recipe, plan: Plan, processes: int) -> None:
     """What each of N processes does in a step (processes.share: contiguous shares differing by one prompt at most)."""
     train, rollout, optim = recipe.train, recipe.rollout, recipe.optim
     most = -(-train.prompts_per_step // processes)
-    rows = most if train.algorithm == "sft" else most * rollout.num_generations
+    rows = most * rollout.num_generations if METHODS[train.algorithm].samples else most
     plan.add("processes", f"{processes}, each with a whole copy of the model, weights, gradients and optimizer state "
                           "(the memory figure below is per process); gradients are summed once per update")
     plan.add("per process and step", f"at most {most} prompts, {rows} rows, {math.ceil(rows / optim.micro_batch_size)} "

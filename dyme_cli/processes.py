@@ -1,6 +1,10 @@
 """One run across N processes (`accelerate launch`): which share of the work a process takes, and how the shares
 come together again. With one process every function here is the identity, and nothing is communicated.
 
+The strategy a run follows is a `Parallel`, the one place that says how the step's work is split, how the model
+is prepared and its gradients meet, and how a checkpoint is written and read across the processes. `Replicated`
+(every process holds the whole model) is the one implemented.
+
 Every process computes the same list of work (the step's prompts, the evaluation's samples), takes a contiguous
 share of it, and sees every process's results again in the same order, so the gate, the loss's denominators, the
 metrics and the logs are those of the whole step on every process; only the main process writes. The
@@ -10,7 +14,7 @@ communication is accelerate's (`gather_object`, `reduce`, `broadcast_object_list
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Protocol, Sequence, TypeVar
 
 import torch
 from accelerate import PartialState
@@ -90,3 +94,67 @@ def on_main(work: Callable[[], T]) -> T:
 
 def wait_for_everyone() -> None:
     PartialState().wait_for_everyone()
+
+
+class Parallel(Protocol):
+    """How a run spreads over the processes."""
+
+    def share(self, n: int) -> range:
+        """The indices of the step's `n` prompts this process samples, verifies and learns from."""
+
+    def prepare(self, accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The trained model and its optimizer, placed (and wrapped or sharded) for the processes."""
+
+    def prepare_frozen(self, accelerator, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that is only read (the KL reference), placed for the processes."""
+
+    def reduce_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        """Make every process's gradients the whole step's, once per optimizer step, before clipping."""
+
+    def whole_model(self, accelerator, model: torch.nn.Module) -> torch.nn.Module:
+        """The model whose weights a checkpoint saves."""
+
+    def write_checkpoint(self, write: Callable[[], None]) -> None:
+        """Run `write` (which saves the weights and the trainer state) where it must run; every process returns
+        once the checkpoint is complete."""
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer state a checkpoint saves."""
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Restore what `optimizer_state` gave, read from a checkpoint by every process."""
+
+
+class Replicated:
+    """Every process holds the whole model, its gradients and the optimizer state. Each takes a contiguous share of
+    the step's prompts (`share`) and accumulates its own rows' gradients; `sum_gradients` adds them up once per
+    optimizer step. The model is not wrapped in DDP, whose hooks need the same backward passes on every process
+    (`evaluation_mode` is accelerate's name for "device placement and autocast, no wrapper"). The main process
+    writes checkpoints (every process holds the same state), and every process reads them whole."""
+
+    def share(self, n: int) -> range:
+        return share(n)
+
+    def prepare(self, accelerator, model, optimizer):
+        return accelerator.prepare_model(model, evaluation_mode=True), accelerator.prepare_optimizer(optimizer)
+
+    def prepare_frozen(self, accelerator, model):
+        return accelerator.prepare_model(model, evaluation_mode=True)
+
+    def reduce_gradients(self, parameters) -> None:
+        sum_gradients(parameters)
+
+    def whole_model(self, accelerator, model):
+        return accelerator.unwrap_model(model)
+
+    def write_checkpoint(self, write: Callable[[], None]) -> None:
+        if is_main():
+            write()
+        wait_for_everyone()
+
+    def optimizer_state(self, optimizer) -> dict:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .dyme import ALGORITHMS
 from .data import QUESTION, BadImages, Samples, instruction_template, read_samples
 from .errors import UserError, first_line, validation_problem
 
@@ -145,7 +146,7 @@ class RolloutSection(_Section):
 
 
 class TrainSection(_Section):
-    algorithm: Literal["dyme", "sft", "grpo", "threshold", "anneal"] = "dyme"
+    algorithm: Literal[ALGORITHMS] = Field("dyme", description="one of dyme.METHODS with a memorization rule")
     memorize_below: float = Field(
         0.5, ge=0, le=1, description="algorithm = threshold: memorize while fewer than this fraction of rollouts are correct")
     max_steps: int = Field(100, ge=1, le=10_000_000)

@@ -12,12 +12,13 @@ from io import BytesIO
 from pathlib import Path
 
 from .data import Sample
+from .dyme import Mode
 from .pseudo_thinking import FLAGS, Flag
 from .traces import Trace
 
 RIGHT_FOR_WRONG = "right-for-wrong-reasons"
 THUMBNAIL_PX = 96
-MODE_ORDER = ("memorize", "explore", "skip")
+MODE_ORDER = tuple(mode.value for mode in Mode)
 
 CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }

@@ -1,42 +1,149 @@
-"""How a run starts: the run directory claimed and checked, the samples refined, the base model built, the
-checkpoint to resume from (the newest intact one), the recorded recipe, and the experiment trackers. Everything here
-happens before the first step (and, for the refiner's template, when it evolves); trainer.train calls it in order.
+"""How a run starts: `start_run` builds the whole Engine in one call, in the order a run starts: the processes joined
+(accelerate), the run directory claimed and checked, the data read, the verifiers loaded, the samples refined, the
+base model built, the checkpoint to resume from (the newest intact one) loaded, the recipe recorded, the trackers
+started, the optimizer and the Parallel strategy's model prepared, and the resume point restored. The refiner's
+template evolution (`evolved_samples`), which the loop asks for during the run, lives here too.
 """
 
 from __future__ import annotations
 
+import random
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
+from accelerate import Accelerator, PartialState
 
-from .data import Sample
+from . import processes
+from .checkpoint import LOAD_ERRORS, load_checkpoint, restore_state
+from .data import Sample, Samples, target_text, task_lines, user_text
 from .errors import first_line
-from .modeling import ModelLoadError, Policy, load_for_recipe, resolve_model_path
-from .recipe import Recipe, RecipeError
-from .rundir import CHECKPOINTS_DIR, RunDir, RunDirError, checkpoint_step, describe_changes, state_file
-from .supervision import ChatClient, TemplateStore, best_thinking, refiner_for, template_store
+from .modeling import (Policy, check_completion_length, context_length, load_for_recipe, prepare_for_training,
+                       resolve_model_path)
+from .optim import build_optimizer
+from .plugins import load_verifiers
+from .processes import Parallel, Replicated
+from .recipe import Recipe, RecipeError, recipe_to_toml
+from .rollout import target_ids
+from .rundir import CHECKPOINTS_DIR, RunDir, RunDirError, checkpoint_step, describe_changes
+from .step import Engine, rollout_sampling
+from .supervision import ChatClient, TemplateStore, best_thinking, checker_for, refiner_for, template_store, with_facts
 from .traces import Trace
 from .verdict import split_completion
+from .verify_pool import VerifierPool
+
+Messages = Callable[[str], None]
 
 
-def load_state(path: Path) -> dict:
-    """The trainer state, unpickled safely: tensors, containers and numbers only (torch's `weights_only`), so a
-    checkpoint from someone else cannot run code on `--resume`."""
-    import pickle
-
-    try:
-        return torch.load(path, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise RunDirError(f"{path}: refused: it holds objects other than tensors and plain values, which could run "
-                          f"code when loaded ({first_line(exc)})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise RunDirError(f"{path}: cannot read the trainer state ({first_line(exc)})") from None
+def quiet(message: str) -> None:
+    """What the processes other than the main one do with a message (the main one reports)."""
 
 
+def start_run(held: ExitStack, recipe: Recipe, run: RunDir, *, total: int, resume: bool, allow_recipe_change: bool,
+              on_message: Messages, on_image_check: Callable[[int, int], None] | None) -> Engine:
+    """The Engine of `recipe`'s run in `run` (`total` steps), new or resumed; what must last as long as the run
+    (the directory's lock, the verifier pool, the trackers) is held by `held`. Every refusal comes before anything
+    is written. Under `accelerate launch` every process calls it; the main one alone claims, checks and writes the
+    run directory, and its refusals reach every process (processes.on_main)."""
+    recipe_toml = recipe_to_toml(recipe)
+    # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
+    # passes run under accelerate's autocast in bf16/fp16. Made first: it joins the processes of a launched run.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision,
+                              log_with=trackers(recipe) or None, project_dir=run.path)
+    if not processes.is_main():  # known only now: a PartialState made before the Accelerator sees one process
+        on_message, on_image_check = quiet, None
+    parallel = Replicated()
+    changes = processes.on_main(lambda: claim_run_dir(held, run, recipe_toml, resume, allow_recipe_change))
+    unrefined, test_samples = read_datasets(recipe, on_image_check, on_message)
+    verifiers = load_verifiers(task_lines(unrefined, test_samples), recipe.verifier.answer_flag, recipe.verifier.options)
+    samples = processes.on_main(lambda: supervised_samples(recipe, run, unrefined, on_message)) \
+        if recipe.supervision.uses_llm else unrefined
+
+    torch.manual_seed(recipe.run.seed)
+    random.seed(recipe.run.seed)
+    texts = [user_text(s, recipe.prompt_template) + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
+    base_path = processes.on_main(lambda: base_model(recipe, run, texts))
+    start = starting_point(recipe, run, base_path, resume, on_message)
+    policy = start.policy
+    prepare_for_training(policy, recipe.model)
+    check_completion_length(recipe.rollout.max_new_tokens, context_length(policy.model.config))
+    warn_long_targets(policy, samples, recipe, on_message)
+    processes.wait_for_everyone()  # all have loaded their start before damaged checkpoints are moved aside
+    if processes.is_main():
+        record_start(run, recipe_toml, start, changes, on_message)
+        run.record_generation(generation_settings(recipe, policy))
+    if recipe.run.report_to:
+        accelerator.init_trackers(TRACKING_DIR, config=flat_settings(recipe))
+        held.callback(accelerator.end_training)
+
+    optimizer, scheduler = build_optimizer(policy.model, recipe, total)
+    policy.model, optimizer = parallel.prepare(accelerator, policy.model, optimizer)
+    policy.model.train()
+    reference = load_reference(base_path, recipe, accelerator, parallel) if recipe.train.beta > 0 else None
+    pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)
+    checker = checker_for(recipe.supervision, run.path / SUPERVISION_DIR, PartialState().process_index, on_message)
+    engine = Engine(recipe, policy, samples, pool, optimizer, scheduler, accelerator, total, reference, run.name,
+                    checker, unrefined, parallel=parallel, run=run, test_samples=test_samples)
+    held.enter_context(pool)
+    resume_at(engine, start, on_message)
+    return engine
+
+
+def read_datasets(recipe: Recipe, on_image_check: Callable[[int, int], None] | None, on_message: Messages
+                  ) -> tuple[Samples, Samples]:
+    """The training and test samples, with a note for each dataset that left samples out."""
+    samples = recipe.data.read(recipe.data.train, on_image_check)
+    test_samples = recipe.data.read(recipe.data.test, on_image_check) if recipe.data.test else Samples()
+    for skipped in filter(None, (samples.skip_note(), test_samples.skip_note())):
+        on_message(skipped)
+    return samples, test_samples
+
+
+def supervised_samples(recipe: Recipe, run: RunDir, samples: list[Sample], on_message: Messages) -> list[Sample]:
+    """The training samples as the LLM supervision needs them: with the references the refiner rewrote, or, for
+    the checker alone (it grounds on facts), with facts read where a sample has none."""
+    if recipe.supervision.refiner == "llm":
+        return refined_samples(recipe, run, samples, on_message)
+    return with_facts(samples, ChatClient(recipe.supervision), recipe.supervision.concurrency,
+                      run.path / SUPERVISION_DIR / "facts.jsonl")
+
+
+def generation_settings(recipe: Recipe, policy: Policy) -> dict:
+    """How rollouts are sampled, as the run directory records it."""
+    return {"max_new_tokens": recipe.rollout.max_new_tokens, "num_return_sequences": recipe.rollout.num_generations,
+            **rollout_sampling(recipe), "eos_token_id": policy.eos_token_ids, "pad_token_id": policy.pad_token_id,
+            "suppress_tokens": policy.blocked_token_ids}
+
+
+def warn_long_targets(policy: Policy, samples: list[Sample], recipe: Recipe, on_message: Messages) -> None:
+    """Rollouts are cut at max_new_tokens; a reference target longer than that can never be matched."""
+    limit = recipe.rollout.max_new_tokens
+    lengths = [len(target_ids(policy, target_text(s, recipe.verifier.answer_flag))) for s in samples]
+    too_long = sum(n > limit for n in lengths)
+    if too_long:
+        on_message(f"warning: {too_long} of {len(samples)} reference targets are longer than "
+                   f"[rollout].max_new_tokens = {limit} (longest {max(lengths)} tokens); rollouts of those prompts are truncated")
+
+
+def load_reference(path: str, recipe: Recipe, accelerator: Accelerator, parallel: Parallel) -> torch.nn.Module:
+    """The frozen starting policy, for the KL term (only loaded when beta > 0)."""
+    model = load_for_recipe(recipe.model, path).model
+    model.requires_grad_(False)
+    model.eval()
+    return parallel.prepare_frozen(accelerator, model)
+
+
+def resume_at(engine: Engine, start: Start, on_message: Messages) -> None:
+    """The resume point: the trainer state of the checkpoint the run continues from restored, and the logs cut
+    back to its step (a run killed after logging a step it had not checkpointed logs that step again)."""
+    if start.checkpoint:
+        engine.resumed_from = start.checkpoint
+        engine.resumed_at = restore_state(engine, start.checkpoint, start.state)
+        on_message(f"resumed from {start.checkpoint} (step {engine.resumed_at})")
+    for note in engine.run.truncate_logs(engine.resumed_at) if processes.is_main() else []:
+        on_message(note)
 
 
 TRACKING_DIR = "tracking"  # RUN/tracking/: what file-based trackers (TensorBoard, ...) write
@@ -173,33 +280,6 @@ def starting_point(recipe: Recipe, run: RunDir, base_path: str, resume: bool,
     raise RunDirError(f"{run.path}: no intact checkpoint to resume from: {CHECKPOINTS_DIR}/{newest.name} is damaged "
                       f"({why})" + (f", and {older} older one(s) too" if older else "")
                       + f"; move {CHECKPOINTS_DIR}/ aside to start over, or choose another --output")
-
-
-STATE_KEYS = ("step", "optimizer", "scheduler", "rng")  # what save_checkpoint writes and restore_state reads
-LOAD_ERRORS = (ModelLoadError, SafetensorError, OSError, RuntimeError)  # weights that are missing, cut short, garbled
-
-
-def load_checkpoint(recipe: Recipe, checkpoint: Path) -> tuple[Policy, Path, dict]:
-    """The policy saved in `checkpoint`, the checkpoint, and its trainer state, found to be its step's; RunDirError
-    saying what is damaged otherwise."""
-    if not checkpoint.is_dir():
-        raise RunDirError("not a directory")
-    state = checked_state(state_file(checkpoint), checkpoint_step(checkpoint))
-    try:
-        # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
-        return load_for_recipe(recipe.model, str(checkpoint), merge_adapter=False), checkpoint, state
-    except LOAD_ERRORS as exc:
-        raise RunDirError(f"its weights do not load: {first_line(exc)}") from None
-
-
-def checked_state(path: Path, step: int) -> dict:
-    """The trainer state in `path`; RunDirError unless it is one as save_checkpoint writes it, of step `step`."""
-    state = load_state(path)
-    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
-        raise RunDirError(f"{path}: not a trainer state")
-    if state["step"] != step:
-        raise RunDirError(f"{path}: the trainer state of step {state['step']}, not of step {step}")
-    return state
 
 
 def load_base(recipe: Recipe, run: RunDir, base_path: str) -> Policy:

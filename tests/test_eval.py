@@ -122,7 +122,7 @@ def test_a_lora_adapter_directory_loads_as_base_plus_adapter(tmp_path, chart_dat
 def test_ctrl_c_prints_partial_results(tmp_path, chart_data, tiny_model_dir, monkeypatch):
     import dyme_cli.evaluate as evaluate_module
 
-    real_generate, calls = evaluate_module.generate, []
+    real_generate, calls = evaluate_module.TransformersBackend.generate, []
 
     def generate_then_interrupt(*args, **kwargs):
         calls.append(1)
@@ -130,7 +130,7 @@ def test_ctrl_c_prints_partial_results(tmp_path, chart_data, tiny_model_dir, mon
             raise KeyboardInterrupt
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "generate", generate_then_interrupt)
+    monkeypatch.setattr(evaluate_module.TransformersBackend, "generate", generate_then_interrupt)
     out = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_model_dir), "--data", str(chart_data / "test.jsonl"),
                                  "--batch-size", "3", "--max-new-tokens", "4", "--json", str(out)])

@@ -117,7 +117,8 @@ def test_completion_logprobs_of_padded_rows_match_unpadded_forwards(family, comp
                                                                     math_data):
     """The update's log-probs of right-padded rows with prompts of different lengths are those of an unpadded
     forward of each whole sequence, in every family, with logits computed at completion positions only or at all."""
-    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+    from dyme_cli.rollout import encode_prompt
+    from dyme_cli.scoring import completion_logprobs, with_completion
 
     policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
     short, long = min(samples, key=lambda s: len(s.question)), max(samples, key=lambda s: len(s.question))
@@ -144,7 +145,8 @@ def test_images_encoded_once_per_prompt_give_the_same_gradients(family, tmp_path
     """In the update, the rows of one prompt share one encoding of its images: the vision tower runs once per
     distinct prompt, and the loss's gradients (vision tower and connector included) are those of encoding every
     row's images."""
-    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+    from dyme_cli.rollout import encode_prompt
+    from dyme_cli.scoring import completion_logprobs, with_completion
 
     policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
     model = policy.model
@@ -177,7 +179,8 @@ def test_frozen_image_features_are_encoded_once_for_the_whole_step(family, tmp_p
     `freeze_vision` alone that holds where the connector is part of the vision tower (Qwen's merger)."""
     from dyme_cli.modeling import CONNECTORS, VISION_TOWERS, image_features_frozen, prepare_for_training
     from dyme_cli.recipe import ModelSection
-    from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
+    from dyme_cli.rollout import encode_prompt
+    from dyme_cli.scoring import completion_logprobs, with_completion
 
     policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
     model = policy.model

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from dyme_cli.data import read_samples
 from dyme_cli.modeling import load_policy, prepare_for_training
 from dyme_cli.recipe import LoraSection, ModelSection
-from dyme_cli.rollout import completion_logprobs, encode_prompt, with_completion
-from dyme_cli.trainer import build_optimizer, lr_factor, train
+from dyme_cli.rollout import encode_prompt
+from dyme_cli.scoring import completion_logprobs, with_completion
+from dyme_cli.optim import build_optimizer, lr_factor
+from dyme_cli.trainer import train
 
 from conftest import small_recipe
 

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from dyme_cli import processes
 from dyme_cli.data import read_samples
 from dyme_cli.recipe import recipe_to_toml
-from dyme_cli.trainer import prompt_indices, train
+from dyme_cli.step import prompt_indices
+from dyme_cli.trainer import train
 
 from conftest import REPO, small_recipe
 

@@ -11,7 +11,9 @@ from dyme_cli.evaluate import prompt_template_for
 from dyme_cli.modeling import load_policy
 from dyme_cli.recipe import RecipeError, load_recipe, recipe_from_dict, recipe_to_toml
 from dyme_cli.rollout import encode_prompt, prompt_text
-from dyme_cli.trainer import Engine, build_optimizer, cached_prompt, train
+from dyme_cli.optim import build_optimizer
+from dyme_cli.step import Engine, cached_prompt
+from dyme_cli.trainer import train
 
 from conftest import small_recipe
 
@@ -61,9 +63,9 @@ def test_training_encodes_prompts_with_the_recipes_template(tiny_model_dir, char
     engine = Engine(recipe, policy, read_samples(chart_data / "train.jsonl"), None, optimizer, scheduler,
                     Accelerator(cpu=True), 4)
     sample = engine.samples[0]
-    decoded = policy.tokenizer.decode(cached_prompt(engine, sample)["input_ids"][0])
+    decoded = policy.tokenizer.decode(cached_prompt(engine, sample).prompt["input_ids"][0])
     assert PAPER.strip() in decoded and decoded.endswith("Assistant:")
-    assert cached_prompt(engine, sample)["input_ids"].equal(encode_prompt(policy, sample, recipe.prompt_template)["input_ids"])
+    assert cached_prompt(engine, sample).prompt["input_ids"].equal(encode_prompt(policy, sample, recipe.prompt_template)["input_ids"])
 
 
 def test_dyme_eval_takes_the_template_the_run_recorded(tmp_path, chart_data):

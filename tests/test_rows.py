@@ -8,7 +8,8 @@ from dyme_cli.data import read_samples
 from dyme_cli.dyme import GroupDecision, Mode
 from dyme_cli.modeling import load_policy
 from dyme_cli.rollout import Completion, encode_prompt, target_ids
-from dyme_cli.trainer import Engine, assemble_rows, build_optimizer, step_totals, update
+from dyme_cli.optim import build_optimizer
+from dyme_cli.step import Engine, assemble_rows, step_totals, update
 
 from conftest import small_recipe
 
@@ -47,7 +48,7 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
     stats = update(engine, rows, step_totals(recipe, groups, rows))
     hook.remove()
     assert sum(seen) == 3  # 3 rows, in micro-batches of at most 3
-    assert stats["rows"] == 3 and stats["tokens"] == len(a) + len(c) + len(target[1])
+    assert stats.rows == 3 and stats.tokens == len(a) + len(c) + len(target[1])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
 
 

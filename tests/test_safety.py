@@ -110,9 +110,10 @@ def test_a_damaged_log_line_before_the_last_is_a_one_line_error(tmp_path, chart_
 
 def _poisoned_loss(monkeypatch, steps_to_poison: set[int]):
     """Make the loss NaN in the given steps (what an overflowing model or a bad reward would produce)."""
+    import dyme_cli.step as engine_step
     import dyme_cli.trainer as trainer
 
-    real, step = trainer.policy_loss, {"now": 0}
+    real, step = engine_step.policy_loss, {"now": 0}
     real_step = trainer.dyme_step
 
     def counting_step(engine, n):
@@ -123,7 +124,7 @@ def _poisoned_loss(monkeypatch, steps_to_poison: set[int]):
         value, info = real(*args, **kwargs)
         return (value * float("nan") if step["now"] in steps_to_poison else value), info
 
-    monkeypatch.setattr(trainer, "policy_loss", loss)
+    monkeypatch.setattr(engine_step, "policy_loss", loss)
     monkeypatch.setattr(trainer, "dyme_step", counting_step)
 
 

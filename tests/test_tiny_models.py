@@ -10,7 +10,8 @@ from PIL import Image
 from dyme_cli.data import Sample
 from dyme_cli.modeling import load_policy
 from dyme_cli.recipe import TinyModel
-from dyme_cli.rollout import completion_logprobs, encode_prompt, generate, sampling_settings, target_ids, with_completion
+from dyme_cli.rollout import encode_prompt, generate, sampling_settings, target_ids
+from dyme_cli.scoring import completion_logprobs, with_completion
 from dyme_cli.tiny_models import TINY_FAMILIES, build_tiny
 
 SPEC = TinyModel(image_size=32, hidden_size=32, vision_hidden_size=32)

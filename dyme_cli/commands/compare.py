@@ -10,10 +10,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..dyme import METHODS, Mode
 from ..errors import BadArgument
 from ..ui import console, err_console, progress_bar, quiet_transformers
 
-ALL_METHODS = "dyme,sft,grpo,sft-grpo,threshold,anneal"
+ALL_METHODS = ",".join(METHODS)
 
 
 def compare_command(
@@ -97,7 +98,7 @@ def _tables(comparison) -> list[Table]:
         scores.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
         scores.add_row(s.method, f"{s.lr:g}", pm(s.accuracy), pm(s.format_rate),
-                       " / ".join(f"{s.modes[m]:.2f}" for m in ("memorize", "explore", "skip")), f"{s.train_s:.0f}")
+                       " / ".join(f"{s.modes[m.value]:.2f}" for m in Mode), f"{s.train_s:.0f}")
     flags = Table(title=f"pseudo thinking in the held-out completions (% flagged), {spread}")
     for column in ("method", *FLAGS):
         flags.add_column(column, justify="left" if column == "method" else "right")

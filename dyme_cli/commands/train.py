@@ -45,12 +45,12 @@ def train(
         _train_quietly(run_training, recipe, output_dir=output, max_steps=max_steps, resume=resume,
                        allow_recipe_change=allow_recipe_change)
         return
-    history: list[dict] = []
+    history: list = []  # traces.StepMetrics of each step
     total = max_steps or recipe.train.max_steps
     with progress_bar() as progress:
         task = progress.add_task("starting", total=total, stats="")
 
-        def on_step(step: int, total_steps: int, metrics: dict) -> None:
+        def on_step(step: int, total_steps: int, metrics) -> None:
             history.append(metrics)
             progress.update(task, completed=step, description=f"step {step}", stats=_live_stats(metrics))
 
@@ -102,13 +102,17 @@ def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: 
     console.print("ok: the recipe is ready to train")
 
 
-def _live_stats(m: dict) -> str:
-    acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.2f}"
-    reward = "-" if m["reward_mean"] is None else f"{m['reward_mean']:.2f}"
-    return f"acc {acc} · reward {reward} · mem {m['frac_memorize']:.2f} exp {m['frac_explore']:.2f} skip {m['frac_skip']:.2f}"
+def _live_stats(m) -> str:
+    """The progress line's figures of a step (traces.StepMetrics)."""
+    from ..dyme import Mode
+
+    acc = "-" if m.accuracy is None else f"{m.accuracy:.2f}"
+    reward = "-" if m.reward_mean is None else f"{m.reward_mean:.2f}"
+    return (f"acc {acc} · reward {reward} · mem {m.mode_fraction(Mode.MEMORIZE):.2f} "
+            f"exp {m.mode_fraction(Mode.EXPLORE):.2f} skip {m.mode_fraction(Mode.SKIP):.2f}")
 
 
-def _print_summary(result, history: list[dict]) -> None:
+def _print_summary(result, history: list) -> None:
     if history:
         console.print(_mode_table(history))
     if result.checkpoint:
@@ -119,19 +123,21 @@ def _print_summary(result, history: list[dict]) -> None:
             console.print(f"held-out accuracy {label} training: [bold]{s['accuracy']:.1%}[/] (n={s['n']}, format {s['format_rate']:.1%})")
 
 
-def _mode_table(history: list[dict], windows: int = 4) -> Table:
-    """Mode fractions and rollout accuracy over the run, in a few step windows."""
+def _mode_table(history: list, windows: int = 4) -> Table:
+    """Mode fractions and rollout accuracy over the run (traces.StepMetrics of each step), in a few step windows."""
+    from ..dyme import Mode
+
     table = Table(title="DyME modes over the run")
-    for column in ("steps", "memorize", "explore", "skip", "rollout acc"):
+    for column in ("steps", *(mode.value for mode in Mode), "rollout acc"):
         table.add_column(column, justify="right")
     size = max(1, -(-len(history) // windows))
     for start in range(0, len(history), size):
         window = history[start : start + size]
-        groups = sum(m["n_memorize"] + m["n_explore"] + m["n_skip"] for m in window) or 1
-        accs = [m["accuracy"] for m in window if m["accuracy"] is not None]
+        groups = sum(m.groups for m in window) or 1
+        accs = [m.accuracy for m in window if m.accuracy is not None]
         table.add_row(
-            f"{window[0]['step']}-{window[-1]['step']}",
-            *(f"{sum(m[f'n_{mode}'] for m in window) / groups:.2f}" for mode in ("memorize", "explore", "skip")),
+            f"{window[0].step}-{window[-1].step}",
+            *(f"{sum(m.modes.get(mode, 0) for m in window) / groups:.2f}" for mode in Mode),
             f"{sum(accs) / len(accs):.2f}" if accs else "-",
         )
     return table

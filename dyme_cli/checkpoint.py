@@ -1,0 +1,94 @@
+"""What a checkpoint holds and how it is written and read: the policy's weights and processor (modeling.save_policy),
+and the trainer state (step, optimizer, scheduler, RNG), written atomically (rundir.new_checkpoint) where the
+run's Parallel says, and read back only as tensors and plain values.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from .errors import first_line
+from .modeling import ModelLoadError, Policy, load_for_recipe, save_policy
+from .recipe import Recipe
+from .rundir import RunDir, RunDirError, checkpoint_step, state_file
+from .step import Engine
+
+
+def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
+    """The model and processor with the trainer state, written as the run's Parallel says; every process returns
+    once it is complete."""
+    engine.parallel.write_checkpoint(lambda: write_checkpoint(engine, run, step))
+    return run.checkpoint(step)
+
+
+def write_checkpoint(engine: Engine, run: RunDir, step: int) -> None:
+    with run.new_checkpoint(step, keep=engine.recipe.run.keep_checkpoints) as directory:
+        save_policy(engine.policy, directory, engine.parallel.whole_model(engine.accelerator, engine.policy.model))
+        state = {
+            "step": step,
+            "optimizer": engine.parallel.optimizer_state(engine.optimizer),
+            "scheduler": engine.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        torch.save(state, state_file(directory))
+
+
+def restore_state(engine: Engine, checkpoint: Path, state: dict) -> int:
+    """The optimizer, scheduler and RNG of `state` (read from `checkpoint` by load_checkpoint); its step."""
+    try:
+        engine.parallel.load_optimizer_state(engine.optimizer, state["optimizer"])
+    except ValueError as exc:  # e.g. a checkpoint written before biases and norms had their own no-decay group
+        raise RunDirError(f"{checkpoint}: its optimizer state does not fit this model and optimizer "
+                          f"({first_line(exc)}); resume with the dyme version that wrote it, or start a new run") from None
+    engine.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+STATE_KEYS = ("step", "optimizer", "scheduler", "rng")  # what save_checkpoint writes and restore_state reads
+LOAD_ERRORS = (ModelLoadError, SafetensorError, OSError, RuntimeError)  # weights that are missing, cut short, garbled
+
+
+def load_checkpoint(recipe: Recipe, checkpoint: Path) -> tuple[Policy, Path, dict]:
+    """The policy saved in `checkpoint`, the checkpoint, and its trainer state, found to be its step's; RunDirError
+    saying what is damaged otherwise."""
+    if not checkpoint.is_dir():
+        raise RunDirError("not a directory")
+    state = checked_state(state_file(checkpoint), checkpoint_step(checkpoint))
+    try:
+        # A LoRA checkpoint holds only the adapter: it is loaded on its base model, trainable, not merged.
+        return load_for_recipe(recipe.model, str(checkpoint), merge_adapter=False), checkpoint, state
+    except LOAD_ERRORS as exc:
+        raise RunDirError(f"its weights do not load: {first_line(exc)}") from None
+
+
+def checked_state(path: Path, step: int) -> dict:
+    """The trainer state in `path`; RunDirError unless it is one as save_checkpoint writes it, of step `step`."""
+    state = load_state(path)
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise RunDirError(f"{path}: not a trainer state")
+    if state["step"] != step:
+        raise RunDirError(f"{path}: the trainer state of step {state['step']}, not of step {step}")
+    return state
+
+
+def load_state(path: Path) -> dict:
+    """The trainer state, unpickled safely: tensors, containers and numbers only (torch's `weights_only`), so a
+    checkpoint from someone else cannot run code on `--resume`."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RunDirError(f"{path}: refused: it holds objects other than tensors and plain values, which could run "
+                          f"code when loaded ({first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise RunDirError(f"{path}: cannot read the trainer state ({first_line(exc)})") from None
