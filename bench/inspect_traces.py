@@ -18,6 +18,7 @@ import random
 import time
 
 from dyme_cli import pseudo_thinking as pt
+from dyme_cli.dyme import gate
 from dyme_cli.prepare.synthetic_chart import KINDS, make_sample
 
 TARGET_S = 10.0
@@ -67,8 +68,7 @@ def synth_traces(n: int, samples: list, k: int, rng: random.Random) -> list[dict
         step += 1
         for sample in rng.sample(samples, 16):
             group = [synth_completion(sample, samples, rng) for _ in range(k)]
-            n_correct = sum(c for _, c, _ in group)
-            mode = "memorize" if n_correct == 0 else "skip" if n_correct == k else "explore"
+            mode = gate([c for _, c, _ in group], "dyme", "skip").value
             for index, (completion, correct, truncated) in enumerate(group):
                 reward = float(correct) + 0.5 * ("Answer:" in completion)
                 traces.append({

@@ -50,7 +50,7 @@ def gate(correct: Sequence[bool], algorithm: str, all_correct: str, switch: Swit
     n_correct = sum(correct)
     if METHODS[algorithm].memorizes(n_correct / len(correct) if correct else 0.0, switch, draw):
         return Mode.MEMORIZE
-    if n_correct == len(correct) and all_correct == "skip":
+    if n_correct == len(correct) and all_correct == Mode.SKIP.value:
         return Mode.SKIP
     return Mode.EXPLORE
 
