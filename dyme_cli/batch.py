@@ -38,6 +38,7 @@ class PromptGroup:
     decision: GroupDecision | None = None  # memorize / explore / skip, with per-rollout advantages
     target: Target | None = None  # the reference target, when the group memorizes
     text: str = ""  # the rendered prompt (rollout.PromptInput), for backends that encode prompts themselves
+    prompt_tokens: int = 0  # the encoded prompt's length (known on every process, the encoding on one)
 
     @property
     def correct(self) -> list[bool]:
@@ -47,12 +48,18 @@ class PromptGroup:
 @dataclass
 class Row:
     """One sequence the update learns from: an encoded prompt, a completion (a rollout or the reference target)
-    and its advantage."""
+    and its advantage. A row of a prompt another process sampled has no encoded prompt until it is dealt here."""
 
     prompt: dict
     completion_ids: list[int]
     advantage: float
     memorized: bool = False
+    sample: Sample | None = None  # whose prompt it is
+    prompt_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + len(self.completion_ids)
 
 
 @dataclass

@@ -155,10 +155,13 @@ def _check_supervision(recipe: Recipe, plan: Plan) -> None:
 
 
 def _per_process(recipe: Recipe, plan: Plan, processes: int) -> None:
-    """What each of N processes does in a step (processes.share: contiguous shares differing by one prompt at most)."""
+    """What each of N processes does in a step: it samples a contiguous share of the prompts (processes.share,
+    shares differing by one prompt at most) and learns from a share of the step's rows (processes.deal, hands
+    differing by one row at most)."""
     train, rollout, optim = recipe.train, recipe.rollout, recipe.optim
     most = -(-train.prompts_per_step // processes)
-    rows = most * rollout.num_generations if METHODS[train.algorithm].samples else most
+    step_rows = train.prompts_per_step * (rollout.num_generations if METHODS[train.algorithm].samples else 1)
+    rows = -(-step_rows // processes)
     plan.add("processes", f"{processes}, each with a whole copy of the model, weights, gradients and optimizer state "
                           "(the memory figure below is per process); gradients are summed once per update")
     plan.add("per process and step", f"at most {most} prompts, {rows} rows, {math.ceil(rows / optim.micro_batch_size)} "

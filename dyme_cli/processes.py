@@ -42,6 +42,18 @@ def share(n: int, process: int | None = None, processes: int | None = None) -> r
     return range(start, start + size + (process < extra))
 
 
+def deal(sizes: Sequence[int], processes: int) -> list[list[int]]:
+    """The indices of items of `sizes` dealt to `processes` hands, each hand in index order: largest first, in
+    snake order (hands 0, 1, ..., N-1, then N-1, ..., 0, ...), so that the hands hold the same number of items
+    within one and their total sizes differ by at most the largest item. A pure function: every process computes
+    the same deal."""
+    hands: list[list[int]] = [[] for _ in range(processes)]
+    for rank, item in enumerate(sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))):
+        lap, seat = divmod(rank, processes)
+        hands[seat if lap % 2 == 0 else processes - 1 - seat].append(item)
+    return [sorted(hand) for hand in hands]
+
+
 def everyone(items: list[T]) -> list[T]:
     """Every process's `items`, concatenated in process order, on every process."""
     return items if count() == 1 else gather_object(items)
@@ -100,7 +112,10 @@ class Parallel(Protocol):
     """How a run spreads over the processes."""
 
     def share(self, n: int) -> range:
-        """The indices of the step's `n` prompts this process samples, verifies and learns from."""
+        """The indices of the step's `n` prompts this process samples and verifies."""
+
+    def deal_rows(self, sizes: Sequence[int]) -> list[int]:
+        """The indices of the step's rows (by their token counts) this process learns from."""
 
     def prepare(self, accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -127,14 +142,17 @@ class Parallel(Protocol):
 
 
 class Replicated:
-    """Every process holds the whole model, its gradients and the optimizer state. Each takes a contiguous share of
-    the step's prompts (`share`) and accumulates its own rows' gradients; `sum_gradients` adds them up once per
-    optimizer step. The model is not wrapped in DDP, whose hooks need the same backward passes on every process
+    """Every process holds the whole model, its gradients and the optimizer state. Each samples a contiguous share
+    of the step's prompts (`share`), learns from a share of the whole step's rows balanced by token count (`deal`)
+    and accumulates their gradients; `sum_gradients` adds them up once per optimizer step. The model is not wrapped in DDP, whose hooks need the same backward passes on every process
     (`evaluation_mode` is accelerate's name for "device placement and autocast, no wrapper"). The main process
     writes checkpoints (every process holds the same state), and every process reads them whole."""
 
     def share(self, n: int) -> range:
         return share(n)
+
+    def deal_rows(self, sizes: Sequence[int]) -> list[int]:
+        return deal(sizes, count())[PartialState().process_index]
 
     def prepare(self, accelerator, model, optimizer):
         return accelerator.prepare_model(model, evaluation_mode=True), accelerator.prepare_optimizer(optimizer)

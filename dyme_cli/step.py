@@ -6,8 +6,9 @@
     assemble  the rows with a non-zero advantage: a memorized prompt is its reference target with A = 1;
     update    num_iterations optimizer steps on those rows (losses.py, scoring.py).
 
-With N processes each one samples, verifies and learns from its share of the step's prompts (the run's Parallel,
-processes.py); the gate, the loss's denominators, the metrics and the traces see the whole step.
+With N processes each one samples and verifies its share of the step's prompts, and learns from a share of the
+whole step's rows balanced by token count (the run's Parallel, processes.py); the gate, the loss's denominators,
+the metrics and the traces see the whole step.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
     verify(engine, mine)
     batch = whole_step(engine.parallel, mine, len(prompts))
     gate(engine, batch)
-    rows = assemble_rows(mine.groups)
+    rows = assemble_rows(batch.groups)
     t2 = time.perf_counter()
-    stats = update(engine, rows, step_totals(engine.recipe, batch.groups, assemble_rows(batch.groups)))
+    stats = update(engine, dealt_rows(engine, rows), step_totals(engine.recipe, batch.groups, rows))
     t3 = time.perf_counter()
 
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
@@ -145,7 +146,7 @@ def prompt_group(engine: Engine, sample: Sample) -> PromptGroup:
     """The step's record of one prompt, its rendering and encoding from the cache (the sample itself is the
     current one: a refined reference replaces the one read)."""
     cached = cached_prompt(engine, sample)
-    return PromptGroup(sample, cached.prompt, text=cached.text)
+    return PromptGroup(sample, cached.prompt, text=cached.text, prompt_tokens=cached.prompt["input_ids"].shape[-1])
 
 
 # --------------------------------------------------------------------------- rollout, verify, gate, assemble
@@ -240,11 +241,21 @@ def assemble_rows(groups: Sequence[PromptGroup]) -> list[Row]:
     """
     rows = []
     for group in groups:
+        of_group = {"sample": group.sample, "prompt_tokens": group.prompt_tokens}
         if group.decision.mode is Mode.MEMORIZE:
-            rows.append(Row(group.prompt, group.target.ids, dyme.MEMORIZE_ADVANTAGE, memorized=True))
+            rows.append(Row(group.prompt, group.target.ids, dyme.MEMORIZE_ADVANTAGE, memorized=True, **of_group))
         elif group.decision.mode is Mode.EXPLORE:
-            rows.extend(Row(group.prompt, c.ids, a) for c, a in zip(group.completions, group.decision.advantages) if a != 0.0)
+            rows.extend(Row(group.prompt, c.ids, a, **of_group)
+                        for c, a in zip(group.completions, group.decision.advantages) if a != 0.0)
     return rows
+
+
+def dealt_rows(engine: Engine, rows: list[Row]) -> list[Row]:
+    """This process's share of the step's rows, balanced by token count (the run's Parallel), each with its encoded
+    prompt: a row of a prompt that another process sampled is encoded here (from the cache)."""
+    mine = [rows[i] for i in engine.parallel.deal_rows([row.tokens for row in rows])]
+    encoded = {row.sample.id: cached_prompt(engine, row.sample).prompt for row in mine if not row.prompt}
+    return [row if row.prompt else replace(row, prompt=encoded[row.sample.id]) for row in mine]
 
 
 def checker_counts(checker: Checker) -> dict[str, int]:

@@ -97,7 +97,7 @@ def test_chart_recipe_dry_run_shows_the_prompt_the_precision_and_the_image_token
     assert f", {image_tokens} of them image tokens" in text
 
 
-@pytest.mark.parametrize("processes, prompts, rows, micro", [(2, 3, 6, 2), (4, 2, 4, 2), (5, 1, 2, 1)])
+@pytest.mark.parametrize("processes, prompts, rows, micro", [(2, 3, 5, 2), (4, 2, 3, 1), (5, 1, 2, 1)])
 def test_the_plan_for_several_processes_gives_each_one_s_share(chart_data, tmp_path, processes, prompts, rows, micro):
     recipe = small_recipe(chart_data, tmp_path / "run", prompts_per_step=5)  # K = 2, micro-batches of 3 rows
     plan = dict(dry_run(recipe, processes=processes).facts)

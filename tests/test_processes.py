@@ -179,3 +179,13 @@ def test_a_scheduler_sigterm_stops_every_process_after_the_same_step_with_one_ch
     assert "SIGTERM: stopped after step" in output
     recipe.train.max_steps = steps[-1] + 1
     assert train(recipe, resume=True).steps == steps[-1] + 1
+
+
+@pytest.mark.parametrize("sizes, world", [([5, 1, 9, 3, 3, 7, 2], 2), ([4] * 7, 3), ([10, 1], 3), ([], 2)])
+def test_rows_are_dealt_once_each_in_hands_of_equal_count_and_balanced_tokens(sizes, world):
+    hands = processes.deal(sizes, world)
+    assert sorted(i for hand in hands for i in hand) == list(range(len(sizes)))
+    assert max(map(len, hands)) - min(map(len, hands)) <= 1
+    totals = [sum(sizes[i] for i in hand) for hand in hands]
+    assert max(totals) - min(totals) <= max(sizes, default=0)
+    assert processes.deal(sizes, 1) == [list(range(len(sizes)))]  # one process keeps every row, in order
