@@ -26,7 +26,8 @@ from dyme_cli.prepare.synthetic_chart import generate as make_charts
 from dyme_cli.recipe import TinyModel, recipe_from_dict
 from dyme_cli.rollout import encode_prompt
 from dyme_cli.optim import build_optimizer
-from dyme_cli.step import Engine, assemble_rows, gate, sample_rollouts, step_totals, update, verify
+from dyme_cli.step import (Engine, assemble_rows, dealt_micro_batches, gate, sample_rollouts, step_totals, update,
+                            verify)
 from dyme_cli.verify_pool import VerifierPool
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, rows in (("engine", engine_rows), ("naive", naive_rows)):
             start = time.perf_counter()
-            update(engine, rows, step_totals(recipe, batch.groups, rows))
+            update(engine, dealt_micro_batches(engine, rows), step_totals(recipe, batch.groups, rows))
             timings[name] += time.perf_counter() - start
     print(f"rows forwarded: engine {len(engine_rows)}, naive {len(naive_rows)}")
     print(f"update time per step: engine {timings['engine'] / args.repeats:.3f}s, naive {timings['naive'] / args.repeats:.3f}s")

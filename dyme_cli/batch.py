@@ -56,6 +56,7 @@ class Row:
     memorized: bool = False
     sample: Sample | None = None  # whose prompt it is
     prompt_tokens: int = 0
+    weight: float = 1.0  # 0 for padding: forwarded so that every process makes the same calls, learned from not at all
 
     @property
     def tokens(self) -> int:

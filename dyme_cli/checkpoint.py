@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from . import processes
 from .errors import first_line
 from .modeling import ModelLoadError, Policy, load_for_recipe, save_policy
 from .recipe import Recipe
@@ -19,18 +20,24 @@ from .step import Engine
 
 
 def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
-    """The model and processor with the trainer state, written as the run's Parallel says; every process returns
-    once it is complete."""
-    engine.parallel.write_checkpoint(lambda: write_checkpoint(engine, run, step))
+    """The model and processor with the trainer state: the whole weights and optimizer state come together on the
+    main process (the run's Parallel; every process takes part), which writes them; every process returns once
+    the checkpoint is complete."""
+    model = engine.policy.model
+    weights = engine.parallel.model_state(model)
+    optimizer = engine.parallel.optimizer_state(model, engine.optimizer)
+    if processes.is_main():
+        write_checkpoint(engine, run, step, weights, optimizer)
+    processes.wait_for_everyone()
     return run.checkpoint(step)
 
 
-def write_checkpoint(engine: Engine, run: RunDir, step: int) -> None:
+def write_checkpoint(engine: Engine, run: RunDir, step: int, weights: dict | None, optimizer: dict) -> None:
     with run.new_checkpoint(step, keep=engine.recipe.run.keep_checkpoints) as directory:
-        save_policy(engine.policy, directory, engine.parallel.whole_model(engine.accelerator, engine.policy.model))
+        save_policy(engine.policy, directory, engine.accelerator.unwrap_model(engine.policy.model), state_dict=weights)
         state = {
             "step": step,
-            "optimizer": engine.parallel.optimizer_state(engine.optimizer),
+            "optimizer": optimizer,
             "scheduler": engine.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -41,8 +48,8 @@ def write_checkpoint(engine: Engine, run: RunDir, step: int) -> None:
 def restore_state(engine: Engine, checkpoint: Path, state: dict) -> int:
     """The optimizer, scheduler and RNG of `state` (read from `checkpoint` by load_checkpoint); its step."""
     try:
-        engine.parallel.load_optimizer_state(engine.optimizer, state["optimizer"])
-    except ValueError as exc:  # e.g. a checkpoint written before biases and norms had their own no-decay group
+        engine.parallel.load_optimizer_state(engine.policy.model, engine.optimizer, state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:  # e.g. a checkpoint written before biases and norms had their own no-decay group
         raise RunDirError(f"{checkpoint}: its optimizer state does not fit this model and optimizer "
                           f"({first_line(exc)}); resume with the dyme version that wrote it, or start a new run") from None
     engine.scheduler.load_state_dict(state["scheduler"])

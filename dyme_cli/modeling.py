@@ -298,6 +298,15 @@ def vision_towers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [module for _, module in found]
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The language model's decoder layers: the modules transformers keeps whole (`_no_split_modules`) outside the
+    vision towers, which stay with the rest of the model in one unit (a batch without images then runs the same
+    collective calls as one with images)."""
+    kept = set(getattr(model, "_no_split_modules", None) or ())
+    towers = {id(m) for tower in vision_towers(model) for m in tower.modules()}
+    return [m for m in model.modules() if type(m).__name__ in kept and id(m) not in towers]
+
+
 def adapter_base_model(name_or_path: str) -> str | None:
     """The base model of a local PEFT adapter directory; None for anything else."""
     config = Path(name_or_path) / "adapter_config.json"
@@ -343,7 +352,9 @@ def _pad_id(tokenizer) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def save_policy(policy: Policy, out_dir: Path, model: torch.nn.Module | None = None) -> None:
-    """Save the (unwrapped) model as safetensors and the processor next to it."""
-    (policy.model if model is None else model).save_pretrained(out_dir, safe_serialization=True)
+def save_policy(policy: Policy, out_dir: Path, model: torch.nn.Module | None = None, state_dict: dict | None = None
+                ) -> None:
+    """Save the (unwrapped) model as safetensors, with `state_dict` as its weights when given (gathered from the
+    processes), and the processor next to it."""
+    (policy.model if model is None else model).save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     policy.processor.save_pretrained(out_dir)

@@ -45,11 +45,26 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
 
 
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the weights (tied ones once), their gradients and the optimizer state: what --dry-run estimates."""
-    params = list({p.data_ptr(): p for p in model.parameters()}.values())
+    """Bytes of the weights (tied ones once), their gradients and the optimizer state that this process holds (its
+    shards of a sharded model, not their global size): what --dry-run estimates."""
+    params = list({local(p).data_ptr(): p for p in model.parameters()}.values())
     tensors = params + [p.grad for p in params if p.grad is not None]
     tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in map(local, tensors))
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of a tensor this process holds: its shard of a distributed tensor (DTensor), else the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A distributed tensor's global value (every process takes part), else the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def peak_bytes() -> int:

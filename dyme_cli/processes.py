@@ -2,8 +2,9 @@
 come together again. With one process every function here is the identity, and nothing is communicated.
 
 The strategy a run follows is a `Parallel`, the one place that says how the step's work is split, how the model
-is prepared and its gradients meet, and how a checkpoint is written and read across the processes. `Replicated`
-(every process holds the whole model) is the one implemented.
+is prepared and its gradients meet, and how a checkpoint is written and read across the processes. `DataParallel`
+implements it for each of `LAYOUTS`: the weights replicated (DDP) or sharded (FSDP2), through torch's composable
+`replicate` and `fully_shard`, chosen by the launch configuration (`launched_layout`).
 
 Every process computes the same list of work (the step's prompts, the evaluation's samples), takes a contiguous
 share of it, and sees every process's results again in the same order, so the gate, the loss's denominators, the
@@ -14,11 +15,18 @@ communication is accelerate's (`gather_object`, `reduce`, `broadcast_object_list
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, TypeVar
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Protocol, Sequence, TypeVar
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object, reduce
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+
+from .errors import UserError
 
 T = TypeVar("T")
 
@@ -72,19 +80,6 @@ def any_process(flag: bool) -> bool:
     return flag if count() == 1 else bool(summed([float(flag)])[0])
 
 
-def sum_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
-    """Replace each gradient by its sum over the processes (a process with no rows of its own contributes zeros).
-
-    The processes do uneven work in a step (the gate gives each prompt 0, 1 or K rows), so they cannot use DDP's
-    per-backward hooks, which need every process to run the same backward passes; each process accumulates its
-    own rows' gradients, and the sum is taken once, before clipping."""
-    if count() == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    for parameter, total in zip(parameters, reduce(grads, reduction="sum")):
-        parameter.grad = total
-
-
 def on_main(work: Callable[[], T]) -> T:
     """`work()` on the main process only (checks and writes of the run directory), its result or its exception
     given to every process, so that a refusal stops all of them with the same error instead of leaving the others
@@ -108,8 +103,36 @@ def wait_for_everyone() -> None:
     PartialState().wait_for_everyone()
 
 
+#: How the trained model lies over the processes (`accelerate launch --config_file recipes/accelerate/...`):
+#:   replicate      every process holds the whole model, its gradients and optimizer state (DDP)
+#:   shard          FSDP2 full shard (ZeRO-3): weights, gradients and optimizer state split between the processes,
+#:                  each layer's weights gathered for its forward and backward, freed after each
+#:   shard-grad-op  FSDP2 with `reshard_after_forward = False` (ZeRO-2 layout): as `shard`, but a layer's gathered
+#:                  weights are kept from its forward to its backward
+LAYOUTS = ("replicate", "shard", "shard-grad-op")
+
+
+def launched_layout(environ=os.environ) -> str:
+    """The layout the launch configuration asks for: `accelerate launch` exports a config's FSDP settings to the
+    processes (ACCELERATE_USE_FSDP, FSDP_VERSION, FSDP_RESHARD_AFTER_FORWARD). dyme shards the model itself, with
+    torch's `fully_shard`, so accelerate's own plugin (which would wrap the model again, and on a CPU runs unsharded)
+    is turned off here, before the Accelerator is made."""
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return "replicate"
+    environ["ACCELERATE_USE_FSDP"] = "false"
+    if environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError("the launch configuration asks for FSDP version 1: dyme shards with FSDP2; set "
+                        "`fsdp_version: 2` in its fsdp_config (recipes/accelerate/fsdp2.yaml)")
+    if environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
+        raise UserError("the launch configuration asks for `fsdp_offload_params: true`: CPU offload is not "
+                        "supported yet; remove it")
+    return "shard" if environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true" else "shard-grad-op"
+
+
 class Parallel(Protocol):
     """How a run spreads over the processes."""
+
+    layout: str
 
     def share(self, n: int) -> range:
         """The indices of the step's `n` prompts this process samples and verifies."""
@@ -117,36 +140,39 @@ class Parallel(Protocol):
     def deal_rows(self, sizes: Sequence[int]) -> list[int]:
         """The indices of the step's rows (by their token counts) this process learns from."""
 
-    def prepare(self, accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-                ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """The trained model and its optimizer, placed (and wrapped or sharded) for the processes."""
+    def prepare(self, accelerator, model: torch.nn.Module) -> torch.nn.Module:
+        """The trained model, placed (and replicated or sharded) for the processes; its optimizer is made after."""
 
     def prepare_frozen(self, accelerator, model: torch.nn.Module) -> torch.nn.Module:
         """A model that is only read (the KL reference), placed for the processes."""
 
-    def reduce_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        """Make every process's gradients the whole step's, once per optimizer step, before clipping."""
+    def gathered(self, model: torch.nn.Module) -> ContextManager:
+        """Within it, every process holds the whole weights and runs the model without communicating (rollouts
+        and evaluations, whose lengths differ between the processes)."""
 
-    def whole_model(self, accelerator, model: torch.nn.Module) -> torch.nn.Module:
-        """The model whose weights a checkpoint saves."""
+    def model_state(self, model: torch.nn.Module) -> dict | None:
+        """The whole model's weights for a checkpoint, on the main process (None: save the model as it is).
+        Every process calls it."""
 
-    def write_checkpoint(self, write: Callable[[], None]) -> None:
-        """Run `write` (which saves the weights and the trainer state) where it must run; every process returns
-        once the checkpoint is complete."""
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """The whole optimizer state by parameter name, on the main process, so that it loads on any number of
+        processes. Every process calls it."""
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        """The optimizer state a checkpoint saves."""
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
         """Restore what `optimizer_state` gave, read from a checkpoint by every process."""
 
 
-class Replicated:
-    """Every process holds the whole model, its gradients and the optimizer state. Each samples a contiguous share
-    of the step's prompts (`share`), learns from a share of the whole step's rows balanced by token count (`deal`)
-    and accumulates their gradients; `sum_gradients` adds them up once per optimizer step. The model is not wrapped in DDP, whose hooks need the same backward passes on every process
-    (`evaluation_mode` is accelerate's name for "device placement and autocast, no wrapper"). The main process
-    writes checkpoints (every process holds the same state), and every process reads them whole."""
+@dataclass
+class DataParallel:
+    """Every process samples and verifies a contiguous share of the step's prompts (`share`), and learns from a
+    share of the whole step's rows balanced by token count (`deal`), in as many micro-batches as every other
+    process (step.dealt_micro_batches pads with zero-weight rows), because the model's hooks make the same
+    collective calls on every process. The model is wrapped per decoder layer and at its root, by torch's
+    composable DDP (`replicate`) or FSDP2 (`fully_shard`) as `layout` says; gradients are summed over the
+    processes in the backward pass (the loss already divides by the whole step's denominators). With one process
+    nothing is wrapped."""
+
+    layout: str = "replicate"
 
     def share(self, n: int) -> range:
         return share(n)
@@ -154,25 +180,88 @@ class Replicated:
     def deal_rows(self, sizes: Sequence[int]) -> list[int]:
         return deal(sizes, count())[PartialState().process_index]
 
-    def prepare(self, accelerator, model, optimizer):
-        return accelerator.prepare_model(model, evaluation_mode=True), accelerator.prepare_optimizer(optimizer)
+    def prepare(self, accelerator, model):
+        model = accelerator.prepare_model(model, evaluation_mode=True)  # device placement and autocast, no wrapper
+        if count() > 1:
+            distribute(model, self.layout)
+        return model
 
     def prepare_frozen(self, accelerator, model):
-        return accelerator.prepare_model(model, evaluation_mode=True)
+        model = accelerator.prepare_model(model, evaluation_mode=True)
+        if count() > 1 and self.layout != "replicate":
+            distribute(model, self.layout)
+        return model
 
-    def reduce_gradients(self, parameters) -> None:
-        sum_gradients(parameters)
+    @contextmanager
+    def gathered(self, model):
+        units = wrapped_units(model)
+        sharded = self.layout != "replicate"  # a replicated unit never reshards after its forward
+        for unit in units:
+            if sharded:
+                unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+                if sharded:
+                    unit.set_reshard_after_forward(self.layout == "shard" and unit is not units[0], recurse=False)
 
-    def whole_model(self, accelerator, model):
-        return accelerator.unwrap_model(model)
+    def model_state(self, model) -> dict | None:
+        if not wrapped_units(model):
+            return None
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def write_checkpoint(self, write: Callable[[], None]) -> None:
-        if is_main():
-            write()
-        wait_for_everyone()
+    def optimizer_state(self, model, optimizer) -> dict:
+        return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def optimizer_state(self, optimizer) -> dict:
-        return optimizer.state_dict()
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        if any(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
+            optimizer.load_state_dict(state)  # parameters by index: a checkpoint of an earlier dyme version
+            return
+        saved = [len(group["params"]) for group in state["param_groups"]]
+        if saved != [len(group["params"]) for group in optimizer.param_groups]:  # torch would merge them silently
+            raise ValueError(f"its parameter groups hold {saved} parameters, this optimizer's "
+                             f"{[len(group['params']) for group in optimizer.param_groups]}")
+        # Not strict: a parameter that never had a gradient (a vision tower on text-only data) has no state yet
+        set_optimizer_state_dict(model, _torch_optimizer(optimizer), state,
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
 
-    def load_optimizer_state(self, optimizer, state: dict) -> None:
-        optimizer.load_state_dict(state)
+
+def distribute(model: torch.nn.Module, layout: str) -> None:
+    """Wrap `model` in place for `layout`: each decoder layer of its language model and then the root (the model
+    under a PEFT wrapper, so that `get_image_features`, called outside `forward` by the update, gathers the
+    weights it reads, as the root's other forward methods do)."""
+    from torch.distributed._composable.replicate_with_fsdp import replicate
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from .modeling import decoder_layers
+
+    mesh = init_device_mesh(PartialState().device.type, (count(),))
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for unit in [*decoder_layers(root), root]:
+        if layout == "replicate":
+            replicate(unit, mesh=mesh)
+        else:  # the root keeps its weights from forward to backward whatever the layout (FSDP2 does so too)
+            fully_shard(unit, mesh=mesh, reshard_after_forward=layout == "shard" and unit is not root)
+    for unit in wrapped_units(root):
+        unit.set_gradient_divide_factor(1.0)  # a sum over the processes, not a mean
+        unit.set_force_sum_reduction_for_comms(True)  # as a plain SUM: gloo has no pre-multiplied sum
+    for method in ("get_image_features",):
+        if hasattr(root, method):
+            register_fsdp_forward_method(root, method)
+
+
+def wrapped_units(model: torch.nn.Module) -> list:
+    """The modules `distribute` wrapped, the root first; none for a model that is not distributed."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def _torch_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper (torch's state-dict functions read its `state`)."""
+    return getattr(optimizer, "optimizer", optimizer)

@@ -24,7 +24,7 @@ from .modeling import (Policy, check_completion_length, context_length, load_for
                        resolve_model_path)
 from .optim import build_optimizer
 from .plugins import load_verifiers
-from .processes import Parallel, Replicated
+from .processes import DataParallel, Parallel
 from .recipe import Recipe, RecipeError, recipe_to_toml
 from .rollout import target_ids
 from .rundir import CHECKPOINTS_DIR, RunDir, RunDirError, checkpoint_step, describe_changes
@@ -50,11 +50,11 @@ def start_run(held: ExitStack, recipe: Recipe, run: RunDir, *, total: int, resum
     recipe_toml = recipe_to_toml(recipe)
     # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
     # passes run under accelerate's autocast in bf16/fp16. Made first: it joins the processes of a launched run.
+    parallel = DataParallel(processes.launched_layout())  # read before the Accelerator, which would take it too
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision,
                               log_with=trackers(recipe) or None, project_dir=run.path)
     if not processes.is_main():  # known only now: a PartialState made before the Accelerator sees one process
         on_message, on_image_check = quiet, None
-    parallel = Replicated()
     changes = processes.on_main(lambda: claim_run_dir(held, run, recipe_toml, resume, allow_recipe_change))
     unrefined, test_samples = read_datasets(recipe, on_image_check, on_message)
     verifiers = load_verifiers(task_lines(unrefined, test_samples), recipe.verifier.answer_flag, recipe.verifier.options)
@@ -78,8 +78,9 @@ def start_run(held: ExitStack, recipe: Recipe, run: RunDir, *, total: int, resum
         accelerator.init_trackers(TRACKING_DIR, config=flat_settings(recipe))
         held.callback(accelerator.end_training)
 
-    optimizer, scheduler = build_optimizer(policy.model, recipe, total)
-    policy.model, optimizer = parallel.prepare(accelerator, policy.model, optimizer)
+    policy.model = parallel.prepare(accelerator, policy.model)  # wrapped or sharded first: the optimizer holds
+    optimizer, scheduler = build_optimizer(policy.model, recipe, total)  # the parameters this process updates
+    optimizer = accelerator.prepare_optimizer(optimizer)
     policy.model.train()
     reference = load_reference(base_path, recipe, accelerator, parallel) if recipe.train.beta > 0 else None
     pool = VerifierPool(verifiers, recipe.verifier.timeout_s, recipe.verifier.workers)

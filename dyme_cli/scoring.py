@@ -130,7 +130,9 @@ class _Encoded(NamedTuple):
 def _encode_images(model, prompts: list[dict], token_id: int) -> list[_Encoded] | None:
     """Each prompt's image features; None when they do not line up with the prompts' image tokens."""
     images = collate(prompts, 0, "right")
-    wanted = inspect.signature(model.get_image_features).parameters
+    # The class's method: FSDP2 wraps the instance's (processes.distribute), and a bound wrapper's signature loses
+    # its first parameter
+    wanted = inspect.signature(type(model).get_image_features).parameters
     features = model.get_image_features(
         **{k: v.to(model.device) for k, v in images.items() if k in wanted and k != "input_ids"}, return_dict=True)
     counts = [int((prompt["input_ids"] == token_id).sum()) for prompt in prompts]

@@ -7,8 +7,8 @@
     update    num_iterations optimizer steps on those rows (losses.py, scoring.py).
 
 With N processes each one samples and verifies its share of the step's prompts, and learns from a share of the
-whole step's rows balanced by token count (the run's Parallel, processes.py); the gate, the loss's denominators,
-the metrics and the traces see the whole step.
+whole step's rows balanced by token count, in as many micro-batches as every other process (the run's Parallel,
+processes.py); the gate, the loss's denominators, the metrics and the traces see the whole step.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from .data import Sample, target_text
 from .dyme import Mode
 from .losses import StepTotals, policy_loss
 from .modeling import Policy, image_features_frozen
-from .optim import peak_bytes, state_bytes
-from .processes import Parallel, Replicated
+from .optim import peak_bytes, state_bytes, whole
+from .processes import DataParallel, Parallel
 from .recipe import Recipe
 from .rollout import BACKENDS, Backend, PromptInput, prompt_input, sampling_settings, target_ids
 from .rundir import RunDir
@@ -48,7 +48,7 @@ PROMPT_CACHE_BYTES = 512 * 2**20  # encoded prompts (token ids + pixel values) k
 @dataclass
 class Engine:
     """Everything a step needs (runstart.start_run builds it for a run). Built by hand, it samples with the
-    recipe's rollout backend and spreads over the processes as `Replicated`."""
+    recipe's rollout backend and spreads over the processes as `DataParallel` with replicated weights."""
 
     recipe: Recipe
     policy: Policy
@@ -63,7 +63,7 @@ class Engine:
     checker: Checker | None = None  # [supervision].checker = "llm": the thinking reward comes from it
     unrefined: list[Sample] = field(default_factory=list)  # the samples as read, when the refiner rewrote them
     backend: Backend | None = None
-    parallel: Parallel = field(default_factory=Replicated)
+    parallel: Parallel = field(default_factory=DataParallel)
     run: RunDir | None = None
     test_samples: list[Sample] = field(default_factory=list)
     resumed_from: Path | None = None  # the checkpoint the run continues from
@@ -94,7 +94,7 @@ def dyme_step(engine: Engine, step: int) -> StepResult:
     gate(engine, batch)
     rows = assemble_rows(batch.groups)
     t2 = time.perf_counter()
-    stats = update(engine, dealt_rows(engine, rows), step_totals(engine.recipe, batch.groups, rows))
+    stats = update(engine, dealt_micro_batches(engine, rows), step_totals(engine.recipe, batch.groups, rows))
     t3 = time.perf_counter()
 
     timing = {"generate": t1 - t0, "verify": t2 - t1, "update": t3 - t2}
@@ -157,9 +157,11 @@ def sample_rollouts(engine: Engine, batch: StepBatch) -> None:
     cfg = engine.recipe.rollout
     if not dyme.METHODS[engine.recipe.train.algorithm].samples:
         return
-    completions = engine.backend.generate(batch.groups, num_generations=cfg.num_generations,
-                                          max_new_tokens=cfg.max_new_tokens, sampling=rollout_sampling(engine.recipe),
-                                          batch_size=cfg.prompts_per_generate)
+    with engine.parallel.gathered(engine.policy.model):
+        completions = engine.backend.generate(batch.groups, num_generations=cfg.num_generations,
+                                              max_new_tokens=cfg.max_new_tokens,
+                                              sampling=rollout_sampling(engine.recipe),
+                                              batch_size=cfg.prompts_per_generate)
     for group, group_completions in zip(batch.groups, completions):
         group.completions = group_completions
 
@@ -250,12 +252,28 @@ def assemble_rows(groups: Sequence[PromptGroup]) -> list[Row]:
     return rows
 
 
-def dealt_rows(engine: Engine, rows: list[Row]) -> list[Row]:
-    """This process's share of the step's rows, balanced by token count (the run's Parallel), each with its encoded
-    prompt: a row of a prompt that another process sampled is encoded here (from the cache)."""
+def dealt_micro_batches(engine: Engine, rows: list[Row]) -> list[list[Row]]:
+    """This process's micro-batches: its share of the step's rows balanced by token count (the run's Parallel),
+    encoded and ordered by length. Every process runs as many micro-batches as the one with most rows, because the
+    model's hooks make the same collective calls on every process: one with fewer pads with zero-weight copies of
+    the step's shortest row."""
+    if not rows:
+        return []
+    size = engine.recipe.optim.micro_batch_size
     mine = [rows[i] for i in engine.parallel.deal_rows([row.tokens for row in rows])]
-    encoded = {row.sample.id: cached_prompt(engine, row.sample).prompt for row in mine if not row.prompt}
-    return [row if row.prompt else replace(row, prompt=encoded[row.sample.id]) for row in mine]
+    micro = chunked(by_length(encoded(engine, mine)), size)
+    missing = math.ceil(math.ceil(len(rows) / processes.count()) / size) - len(micro)
+    if missing:
+        padding = replace(min(rows, key=lambda row: row.tokens), advantage=0.0, memorized=False, weight=0.0)
+        micro += [encoded(engine, [padding])] * missing
+    return micro
+
+
+def encoded(engine: Engine, rows: list[Row]) -> list[Row]:
+    """`rows`, each with its encoded prompt: a row of a prompt another process sampled is encoded here, once per
+    prompt (the rows of a prompt share its tensors, so its images are encoded once for them)."""
+    prompts = {row.sample.id: cached_prompt(engine, row.sample).prompt for row in rows if not row.prompt}
+    return [row if row.prompt else replace(row, prompt=prompts[row.sample.id]) for row in rows]
 
 
 def checker_counts(checker: Checker) -> dict[str, int]:
@@ -287,15 +305,15 @@ def group_row_lengths(group: PromptGroup) -> list[int]:
     return lengths
 
 
-def update(engine: Engine, rows: list[Row], totals: StepTotals) -> UpdateStats:
-    """num_iterations optimizer steps on this process's rows, micro-batched with gradient accumulation; `totals`
-    are the whole step's, so that the gradients that meet over the processes are the step's. Then the rollout
-    backend gets the new weights, and the schedule advances."""
+def update(engine: Engine, micro: list[list[Row]], totals: StepTotals) -> UpdateStats:
+    """num_iterations optimizer steps on this process's micro-batches, with gradient accumulation; `totals` are
+    the whole step's, so that the gradients summed over the processes are the step's. Then the rollout backend
+    gets the new weights, and the schedule advances."""
     recipe, model = engine.recipe, engine.policy.model
+    rows = [row for batch in micro for row in batch if row.weight]
     forwarded, tokens = processes.summed([len(rows), sum(len(r.completion_ids) for r in rows)])
     stats = UpdateStats(rows=int(forwarded), tokens=int(tokens))
     if forwarded:  # every process takes part in the update, with or without rows of its own
-        micro = chunked(by_length(rows), recipe.optim.micro_batch_size)
         reuse = recipe.model.reuse_prompt
         scoring = Scoring(engine.policy.pad_token_id, recipe.rollout.temperature, completion_only=reuse,
                           image_features={} if reuse and image_features_frozen(model) else None)  # one per prompt
@@ -340,6 +358,7 @@ def optimizer_step(engine: Engine, micro: list[list[Row]], totals: StepTotals, s
         with accelerator.autocast():  # the images a prompt's rows share are encoded outside model.forward
             logp, mask = scoring.logprobs(model, batch)
         advantages = torch.tensor([row.advantage for row in batch], device=logp.device)
+        mask = mask * torch.tensor([row.weight for row in batch], device=logp.device).unsqueeze(1)  # padding: 0
         loss, info = policy_loss(
             logp, old[j] if old else logp.detach(), advantages, mask,
             loss_type=cfg.loss_type, totals=totals, eps_low=cfg.epsilon, eps_high=cfg.clip_high,
@@ -347,15 +366,15 @@ def optimizer_step(engine: Engine, micro: list[list[Row]], totals: StepTotals, s
         )
         accelerator.backward(loss)
         memorized = torch.tensor([row.memorized for row in batch], device=logp.device)
+        learned = sum(1 for row in batch if row.weight)
         sums.loss += loss.item()
-        sums.clipped += info["clip_fraction"] * len(batch)
+        sums.clipped += info["clip_fraction"] * learned
         sums.memorized_nll -= float((logp.detach() * mask)[memorized].sum())
         sums.memorized_tokens += float(mask[memorized].sum())
-        sums.kl += info.get("kl", 0.0) * len(batch)
-        sums.rows += len(batch)
-    engine.parallel.reduce_gradients([p for p in model.parameters() if p.requires_grad])
+        sums.kl += info.get("kl", 0.0) * learned
+        sums.rows += learned
     sums = sums.summed()
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm))
+    grad_norm = float(whole(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)))
     finite = math.isfinite(sums.loss) and math.isfinite(grad_norm)
     if finite:
         engine.optimizer.step()

@@ -193,8 +193,9 @@ def run_eval(engine: Engine, step: int) -> EvalReport:
     tagged with the step."""
     cfg, run, samples = engine.recipe.run, engine.run, engine.test_samples
     chosen = samples[: cfg.eval_limit] if cfg.eval_limit else samples
-    return evaluate(engine.policy, chosen, engine.verifiers, max_new_tokens=engine.recipe.rollout.max_new_tokens,
-                    prompt_template=engine.recipe.prompt_template, batch_size=cfg.eval_batch_size,
-                    backend=engine.backend,
-                    on_group=trace_writer(run.eval_traces_file, run.name, step, engine.recipe.train.reward_weights)
-                    if processes.is_main() else None)
+    with engine.parallel.gathered(engine.policy.model):
+        return evaluate(engine.policy, chosen, engine.verifiers, max_new_tokens=engine.recipe.rollout.max_new_tokens,
+                        prompt_template=engine.recipe.prompt_template, batch_size=cfg.eval_batch_size,
+                        backend=engine.backend,
+                        on_group=trace_writer(run.eval_traces_file, run.name, step, engine.recipe.train.reward_weights)
+                        if processes.is_main() else None)

@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dyme_cli"
 LAYERS = [
     ["errors", "hub", "verdict", "dyme", "losses"],
     ["recipe", "data", "plugins"],
-    ["rundir", "verify_pool", "tiny_models", "checking", "processes"],
-    ["modeling", "optim"],
+    ["rundir", "verify_pool", "tiny_models", "checking"],
+    ["modeling", "optim", "processes"],
     ["rollout"],
     ["batch"],
     ["scoring", "traces"],

@@ -9,7 +9,7 @@ from dyme_cli.dyme import GroupDecision, Mode
 from dyme_cli.modeling import load_policy
 from dyme_cli.rollout import Completion, encode_prompt, target_ids
 from dyme_cli.optim import build_optimizer
-from dyme_cli.step import Engine, assemble_rows, step_totals, update
+from dyme_cli.step import Engine, assemble_rows, dealt_micro_batches, step_totals, update
 
 from conftest import small_recipe
 
@@ -45,7 +45,7 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
     seen = []
     hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
     before = [p.detach().clone() for p in policy.model.parameters()]
-    stats = update(engine, rows, step_totals(recipe, groups, rows))
+    stats = update(engine, dealt_micro_batches(engine, rows), step_totals(recipe, groups, rows))
     hook.remove()
     assert sum(seen) == 3  # 3 rows, in micro-batches of at most 3
     assert stats.rows == 3 and stats.tokens == len(a) + len(c) + len(target[1])

@@ -18,7 +18,7 @@ from dyme_cli.evaluate import evaluate
 from dyme_cli.modeling import load_policy
 from dyme_cli.optim import build_optimizer
 from dyme_cli.plugins import load_verifiers
-from dyme_cli.processes import Replicated
+from dyme_cli.processes import DataParallel
 from dyme_cli.recipe import RolloutSection, TrainSection
 from dyme_cli.rollout import BACKENDS, Completion, TransformersBackend
 from dyme_cli.rundir import RunDir, state_file
@@ -103,21 +103,30 @@ class RecordingBackend(TransformersBackend):
         self.synced.append(model)
 
 
-class RecordingParallel(Replicated):
+class RecordingParallel(DataParallel):
     def __init__(self):
+        super().__init__()
         self.calls = []
 
-    def reduce_gradients(self, parameters):
-        self.calls.append("reduce")
-        super().reduce_gradients(parameters)
+    def gathered(self, model):
+        self.calls.append("gathered")
+        return super().gathered(model)
 
-    def write_checkpoint(self, write):
-        self.calls.append("write")
-        super().write_checkpoint(write)
+    def deal_rows(self, sizes):
+        self.calls.append("deal")
+        return super().deal_rows(sizes)
 
-    def load_optimizer_state(self, optimizer, state):
+    def model_state(self, model):
+        self.calls.append("model_state")
+        return super().model_state(model)
+
+    def optimizer_state(self, model, optimizer):
+        self.calls.append("optimizer_state")
+        return super().optimizer_state(model, optimizer)
+
+    def load_optimizer_state(self, model, optimizer, state):
         self.calls.append("load")
-        super().load_optimizer_state(optimizer, state)
+        super().load_optimizer_state(model, optimizer, state)
 
 
 def test_a_step_and_an_evaluation_sample_through_the_engines_backend_and_parallel(chart_data, tiny_model_dir, tmp_path):
@@ -135,12 +144,12 @@ def test_a_step_and_an_evaluation_sample_through_the_engines_backend_and_paralle
         (seen,) = backend.prompts
         assert len(seen) == recipe.train.prompts_per_step and all(text.endswith("Assistant:") for _, text in seen)
         assert outcome.metrics.update.rows > 0  # an untrained model answers wrongly: its prompts memorize
-        assert parallel.calls == ["reduce"] * 2 and backend.synced == [policy.model]  # mu = 2, then one sync
+        assert parallel.calls == ["gathered", "deal"] and backend.synced == [policy.model]  # mu = 2, then one sync
         report = evaluate(policy, samples[:3], pool, max_new_tokens=4, prompt_template="{question}", backend=backend)
         assert report.overall.prompts == 3 and [len(p) for p in backend.prompts] == [recipe.train.prompts_per_step, 3]
 
     run = RunDir(tmp_path / "run")
     checkpoint = save_checkpoint(engine, run, 1)
-    assert parallel.calls[-1] == "write" and (checkpoint / "model.safetensors").is_file()
+    assert parallel.calls[-2:] == ["model_state", "optimizer_state"] and (checkpoint / "model.safetensors").is_file()
     state = torch.load(state_file(checkpoint), weights_only=True)
     assert restore_state(engine, checkpoint, state) == 1 and parallel.calls[-1] == "load"

@@ -171,7 +171,7 @@ def _subset(chart_data: Path, folder: Path, n: int) -> Path:
 
 
 def _section(url: str, **settings) -> SupervisionSection:
-    return SupervisionSection(**{"base_url": url, "model": "smollm2", "timeout_s": 60.0, "max_retries": 1,
+    return SupervisionSection(**{"base_url": url, "model": "smollm2", "timeout_s": 600.0, "step_budget_s": 3600.0, "max_retries": 1,
                                  "concurrency": 2, **settings})
 
 
