@@ -32,24 +32,25 @@ class Plan:
     facts: list[tuple[str, str]] = field(default_factory=list)  # (what, value), in order
     problems: list[str] = field(default_factory=list)  # each stops a real run
     notes: list[str] = field(default_factory=list)  # worth knowing, not fatal
+    state_bytes: float | None = None  # a process's weights, gradients and optimizer state (model config known)
 
     def add(self, what: str, value) -> None:
         self.facts.append((what, str(value)))
 
 
 def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callable[[int, int], None] | None = None,
-            processes: int = 1) -> Plan:
+            processes: int = 1, layout: str = "replicate") -> Plan:
     """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given) on `processes`
-    processes; `on_image_check` as in data.read_samples."""
+    processes with the model laid out as `layout` (processes.LAYOUTS); `on_image_check` as in data.read_samples."""
     if max_steps:
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": max_steps})})
     plan = Plan()
     tasks, first = _check_data(recipe, plan, on_image_check)
     _check_verifiers(recipe, tasks, plan)
-    _check_batches(recipe, plan, processes)
+    _check_batches(recipe, plan, processes, layout)
     _check_supervision(recipe, plan)
     _check_precision(recipe, plan)
-    config = _check_model(recipe, plan)
+    config = _check_model(recipe, plan, processes if layout != "replicate" else 1)
     prompt_tokens = _check_prompt(recipe, plan, first, config) if first is not None else 1
     _check_context(recipe, plan, config, prompt_tokens)
     return plan
@@ -116,10 +117,10 @@ def _check_verifiers(recipe: Recipe, tasks: dict[str, str], plan: Plan) -> None:
                           f"{recipe.verifier.timeout_s:g} s per call")
 
 
-def _check_batches(recipe: Recipe, plan: Plan, processes: int) -> None:
+def _check_batches(recipe: Recipe, plan: Plan, processes: int, layout: str) -> None:
     train, rollout, optim = recipe.train, recipe.rollout, recipe.optim
     if processes > 1:
-        _per_process(recipe, plan, processes)
+        _per_process(recipe, plan, processes, layout)
     prompts, k = train.prompts_per_step, rollout.num_generations
     samples = METHODS[train.algorithm].samples
     rollouts = prompts * k if samples else 0
@@ -154,7 +155,19 @@ def _check_supervision(recipe: Recipe, plan: Plan) -> None:
         plan.problems.append(f"[supervision].api_key_env: the environment variable {section.api_key_env} is not set")
 
 
-def _per_process(recipe: Recipe, plan: Plan, processes: int) -> None:
+LAYOUT_PLANS = {
+    "replicate": "each with a whole copy of the weights, gradients and optimizer state (DDP); gradients are summed "
+                 "in the backward pass",
+    "shard": "weights, gradients and optimizer state sharded between them (FSDP2 full shard): a decoder layer's "
+             "weights are gathered for its forward and again for its backward, and the whole weights for the "
+             "step's rollouts",
+    "shard-grad-op": "weights, gradients and optimizer state sharded between them (FSDP2, ZeRO-2 layout): a decoder "
+                     "layer's weights are gathered once per micro-batch and kept to its backward, and the whole "
+                     "weights for the step's rollouts",
+}
+
+
+def _per_process(recipe: Recipe, plan: Plan, processes: int, layout: str) -> None:
     """What each of N processes does in a step: it samples a contiguous share of the prompts (processes.share,
     shares differing by one prompt at most) and learns from a share of the step's rows (processes.deal, hands
     differing by one row at most)."""
@@ -162,8 +175,7 @@ def _per_process(recipe: Recipe, plan: Plan, processes: int) -> None:
     most = -(-train.prompts_per_step // processes)
     step_rows = train.prompts_per_step * (rollout.num_generations if METHODS[train.algorithm].samples else 1)
     rows = -(-step_rows // processes)
-    plan.add("processes", f"{processes}, each with a whole copy of the model, weights, gradients and optimizer state "
-                          "(the memory figure below is per process); gradients are summed once per update")
+    plan.add("processes", f"{processes}, {LAYOUT_PLANS[layout]} (the memory figure below is per process)")
     plan.add("per process and step", f"at most {most} prompts, {rows} rows, {math.ceil(rows / optim.micro_batch_size)} "
                                      f"micro-batches of {optim.micro_batch_size}")
     if train.prompts_per_step < processes:
@@ -186,8 +198,9 @@ def _check_precision(recipe: Recipe, plan: Plan) -> None:
                           'dtype = "float32" with mixed_precision = "bf16" keeps them at the cost of memory')
 
 
-def _check_model(recipe: Recipe, plan: Plan):
-    """The model's config (None for a tiny model or one that cannot be resolved)."""
+def _check_model(recipe: Recipe, plan: Plan, shards: int = 1):
+    """The model's config (None for a tiny model or one that cannot be resolved). The memory figure is a process's,
+    with the weights and their state split in `shards`."""
     from .modeling import DEFAULT_LORA_TARGETS, ModelLoadError, is_tiny, model_class_for, tiny_family
 
     section = recipe.model
@@ -211,9 +224,12 @@ def _check_model(recipe: Recipe, plan: Plan):
     trained_bytes = BYTES["float32"] if section.lora is not None else BYTES[section.dtype]  # PEFT: fp32 adapters
     state = trainable * 3 * trained_bytes  # gradients + AdamW's two moments
     reference = weights if recipe.train.beta > 0 else 0
+    weights, state, reference = weights / shards, state / shards, reference / shards
+    plan.state_bytes = weights + state
+    gathered = f"; the rollouts gather the whole weights ({_gib(weights * shards)})" if shards > 1 else ""
     plan.add("memory (rough)", f"{_gib(weights + state + reference)} = weights {_gib(weights)} + gradients and "
                                f"optimizer state {_gib(state)}" + (f" + reference model {_gib(reference)}" if reference else "")
-             + "; activations come on top")
+             + f"{gathered}; activations come on top")
     return config
 
 
@@ -282,4 +298,4 @@ def _parameter_counts(model_class, config, section, default_targets: str) -> tup
 
 
 def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 / 10 else f"{n_bytes / 2**20:.2f} MiB"

@@ -211,7 +211,8 @@ class DataParallel:
     def model_state(self, model) -> dict | None:
         if not wrapped_units(model):
             return None
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {name: tensor for name, tensor in state.items() if name not in tied_names(model)}
 
     def optimizer_state(self, model, optimizer) -> dict:
         return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
@@ -253,6 +254,17 @@ def distribute(model: torch.nn.Module, layout: str) -> None:
     for method in ("get_image_features",):
         if hasattr(root, method):
             register_fsdp_forward_method(root, method)
+
+
+def tied_names(model: torch.nn.Module) -> set[str]:
+    """The names of parameters that are another's (tied input and output embeddings): a gathered state dict holds
+    them as copies, which `save_pretrained` would then write twice."""
+    first: dict[int, str] = {}
+    tied = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(parameter), name) != name:
+            tied.add(name)
+    return tied
 
 
 def wrapped_units(model: torch.nn.Module) -> list:

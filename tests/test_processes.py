@@ -1,6 +1,7 @@
-"""One run across several processes (`accelerate launch` with recipes/accelerate/ddp.yaml, gloo on the CPU): the
-same weights as one process, every prompt of a step trained once, one set of logs and checkpoints, resume after a
-kill with another number of processes, and the same evaluation table."""
+"""One run across several processes (`accelerate launch` with recipes/accelerate/ddp.yaml, fsdp2.yaml or
+fsdp2-zero2.yaml, gloo on the CPU): the same weights as one process, replicated or sharded, every prompt of a step
+trained once, one set of logs and checkpoints, resume after a kill with another number of processes, and the same
+evaluation table."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 
 from dyme_cli import processes
 from dyme_cli.data import read_samples
+from dyme_cli.plan import dry_run
 from dyme_cli.recipe import recipe_to_toml
 from dyme_cli.step import prompt_indices
 from dyme_cli.trainer import train
@@ -29,9 +31,10 @@ from conftest import REPO, small_recipe
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 
-def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True):
-    """`accelerate launch --config_file recipes/accelerate/ddp.yaml -m dyme_cli ARGS` with one thread per process."""
-    command = [str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "ddp.yaml"),
+def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True, config: str = "ddp"):
+    """`accelerate launch --config_file recipes/accelerate/CONFIG.yaml -m dyme_cli ARGS` with one thread per
+    process."""
+    command = [str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / f"{config}.yaml"),
                "--num_processes", str(processes_), "--main_process_port", str(_free_port()), "-m", "dyme_cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
@@ -49,9 +52,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _launched_until(ready, args: list[str], cwd: Path) -> subprocess.Popen:
+def _launched_until(ready, args: list[str], cwd: Path, config: str = "ddp") -> subprocess.Popen:
     """A launched job, once `ready()` holds (or the job ended, or 4 minutes passed)."""
-    job = launch(args, cwd, wait=False)
+    job = launch(args, cwd, wait=False, config=config)
     deadline = time.monotonic() + 240
     while not ready() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -89,31 +92,72 @@ def _weights(checkpoint: Path) -> dict:
     return {f"{f.name}:{name}": t.float() for f in checkpoint.glob("*.safetensors") for name, t in load_file(str(f)).items()}
 
 
-@pytest.mark.parametrize("setup, tolerance", [
-    (lambda recipe: None, 1e-5),
-    (_lora_frozen_vision_checkpointed, 1e-5),
-    # bf16 rounds differently in differently padded micro-batches, and AdamW's first steps move every weight by
-    # about lr (1e-3) whatever the gradient's size: a few lr apart after 3 steps is the same training
-    (_bf16_autocast, 1e-2),
-], ids=["full-fp32", "lora-frozen-vision-checkpointing", "bf16-autocast"])
-def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data, setup, tolerance):
-    """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows."""
-    recipe = small_recipe(chart_data, tmp_path / "one", algorithm="sft", max_steps=3, prompts_per_step=5)
-    setup(recipe)
+def _one_prompt_a_step(recipe) -> None:
+    recipe.train.prompts_per_step = 1  # one row a step: the second process has none and runs a padding row
+
+
+def _train_on_one(recipe) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the launched processes (OMP_NUM_THREADS=1): the same float reductions
     try:
         train(recipe)
     finally:
         torch.set_num_threads(threads)
-    launch(["train", str(_recipe_file(recipe, tmp_path / "recipe.toml")), "--output", str(tmp_path / "two")], tmp_path)
+
+
+def _state_gib(run: Path) -> float:
+    return _lines(run / "metrics.jsonl")[-1]["memory_state_gib"]
+
+
+SHARDED = {"ddp": False, "fsdp2": True, "fsdp2-zero2": True}
+
+
+@pytest.mark.parametrize("setup, tolerance, config", [
+    (lambda recipe: None, 1e-5, "ddp"),
+    (lambda recipe: None, 1e-5, "fsdp2"),
+    (lambda recipe: None, 1e-5, "fsdp2-zero2"),
+    (_lora_frozen_vision_checkpointed, 1e-5, "ddp"),
+    (_lora_frozen_vision_checkpointed, 1e-5, "fsdp2"),
+    (_one_prompt_a_step, 1e-5, "fsdp2"),
+    # bf16 rounds differently in differently padded micro-batches, and AdamW's first steps move every weight by
+    # about lr (1e-3) whatever the gradient's size: a few lr apart after 3 steps is the same training
+    (_bf16_autocast, 1e-2, "ddp"),
+], ids=["full-fp32-ddp", "full-fp32-fsdp2", "full-fp32-fsdp2-zero2", "lora-frozen-vision-checkpointing-ddp",
+        "lora-frozen-vision-checkpointing-fsdp2", "a-process-without-rows-fsdp2", "bf16-autocast-ddp"])
+def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data, setup, tolerance, config):
+    """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows, and
+    whether the weights are replicated or sharded; sharded, each process holds about half the state."""
+    recipe = small_recipe(chart_data, tmp_path / "one", algorithm="sft", max_steps=3, prompts_per_step=5)
+    setup(recipe)
+    _train_on_one(recipe)
+    launch(["train", str(_recipe_file(recipe, tmp_path / "recipe.toml")), "--output", str(tmp_path / "two")], tmp_path,
+           config=config)
     one, two = (_weights(tmp_path / run / "checkpoints" / "step-000003") for run in ("one", "two"))
     assert one.keys() == two.keys() and one
     assert max(float((one[name] - two[name]).abs().max()) for name in one) < tolerance
     for a, b in zip(_lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl"), strict=True):
-        assert a["rows"] == b["rows"] == 5
+        assert a["rows"] == b["rows"] == recipe.train.prompts_per_step
         assert b["memorize_nll"] == pytest.approx(a["memorize_nll"], rel=tolerance)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=tolerance)
+    ratio = _state_gib(tmp_path / "two") / _state_gib(tmp_path / "one")
+    assert ratio <= 0.55 if SHARDED[config] else ratio == pytest.approx(1.0, rel=1e-6)
+
+
+def test_the_planned_state_of_a_sharded_process_is_the_one_it_holds(tmp_path, chart_data, tiny_model_dir):
+    recipe = small_recipe(chart_data, tmp_path / "run", algorithm="sft", max_steps=1, prompts_per_step=4)
+    recipe.model.name_or_path = str(tiny_model_dir)
+    planned = dry_run(recipe, processes=2, layout="shard").state_bytes
+    launch(["train", str(_recipe_file(recipe, tmp_path / "recipe.toml"))], tmp_path, config="fsdp2")
+    assert _state_gib(tmp_path / "run") * 2**30 == pytest.approx(planned, rel=0.2)
+
+
+def test_a_run_of_one_process_resumes_sharded_on_two(tmp_path, chart_data):
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=2, prompts_per_step=4)
+    train(recipe)
+    recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
+    launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path, config="fsdp2")
+    assert [m["step"] for m in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
 
 
 def _covers_every_prompt_once(run: Path, recipe, steps: range) -> None:
@@ -127,18 +171,21 @@ def _covers_every_prompt_once(run: Path, recipe, steps: range) -> None:
     assert [m["step"] for m in _lines(run / "metrics.jsonl")] == list(steps)
 
 
-def test_dyme_on_two_processes_trains_each_prompt_once_and_resumes_after_a_kill_on_one_or_two(tmp_path, chart_data):
+@pytest.mark.parametrize("config", ["ddp", "fsdp2"])
+def test_dyme_on_two_processes_trains_each_prompt_once_and_resumes_after_a_kill_on_one_or_two(tmp_path, chart_data,
+                                                                                               config):
     recipe = small_recipe(chart_data, tmp_path / "run", max_steps=6, prompts_per_step=5)
     recipe.run.save_every = 2
     recipe.run.eval_every, recipe.run.eval_batch_size = 3, 3  # held-out evaluations split between the processes
     recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
     run = tmp_path / "run"
-    job = _launched_until(lambda: (run / "checkpoints" / "step-000002").is_dir(), ["train", str(recipe_file)], tmp_path)
+    job = _launched_until(lambda: (run / "checkpoints" / "step-000002").is_dir(), ["train", str(recipe_file)], tmp_path,
+                          config)
     os.killpg(job.pid, signal.SIGKILL)  # the launcher and both workers, after the first save
     job.wait()
     assert (run / "checkpoints" / "step-000002").is_dir()
 
-    launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path)  # two processes again
+    launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path, config=config)  # two again
     assert train(recipe, resume=True).steps == 6  # then one
     _covers_every_prompt_once(run, recipe, range(1, 7))
     test_ids = sorted(s.id for s in read_samples(recipe.data.test))

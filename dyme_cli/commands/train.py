@@ -26,6 +26,9 @@ def train(
         False, "--dry-run", help="Check data, verifiers, model and batch sizes and print the plan; train nothing."),
     processes: Optional[int] = typer.Option(
         None, "--processes", min=1, help="With --dry-run: plan for N processes (default: the launched number, else 1)."),
+    layout: Optional[str] = typer.Option(
+        None, "--layout", help="With --dry-run: plan for this layout of the model over the processes: replicate, "
+        "shard or shard-grad-op (default: what the launch configuration asks for, else replicate)."),
 ) -> None:
     """Train a model with DyME (or the SFT / GRPO baselines) from a TOML recipe."""
     from ..errors import BadArgument, UserError
@@ -39,7 +42,8 @@ def train(
     if dry_run and not is_main_process():  # launched: the main process prints the plan
         return
     if dry_run:
-        _print_plan(recipe_path, recipe, max_steps, processes or int(os.environ.get("WORLD_SIZE", "1")))
+        _print_plan(recipe_path, recipe, max_steps, processes or int(os.environ.get("WORLD_SIZE", "1")),
+                    planned_layout(layout))
         return
     if not is_main_process():  # another process of a launched run: it trains its share, the main one reports
         _train_quietly(run_training, recipe, output_dir=output, max_steps=max_steps, resume=resume,
@@ -82,11 +86,23 @@ def _train_quietly(run_training, recipe, **options) -> None:
         raise typer.Exit(exc.exit_code)
 
 
-def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: int) -> None:
+def planned_layout(layout: Optional[str]) -> str:
+    """--layout, checked, or the one the launch configuration asks for."""
+    from ..errors import BadArgument
+    from ..processes import LAYOUTS, launched_layout
+
+    if layout is None:
+        return launched_layout()
+    if layout not in LAYOUTS:
+        raise BadArgument(f"--layout: '{layout}' is not one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: int, layout: str) -> None:
     from ..plan import dry_run
 
     with image_check_progress() as on_image_check:
-        plan = dry_run(recipe, max_steps, on_image_check, processes)
+        plan = dry_run(recipe, max_steps, on_image_check, processes, layout)
     table = Table(title=f"dry run of {recipe_path}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("plan")
