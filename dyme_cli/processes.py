@@ -181,7 +181,7 @@ class DataParallel:
         return deal(sizes, count())[PartialState().process_index]
 
     def prepare(self, accelerator, model):
-        model = accelerator.prepare_model(model, evaluation_mode=True)  # device placement and autocast, no wrapper
+        model = accelerator.prepare_model(model, evaluation_mode=True)  # device placement and autocast only
         if count() > 1:
             distribute(model, self.layout)
         return model
@@ -194,7 +194,7 @@ class DataParallel:
 
     @contextmanager
     def gathered(self, model):
-        units = wrapped_units(model)
+        units = wrapped_units(model)  # the root first
         sharded = self.layout != "replicate"  # a replicated unit never reshards after its forward
         for unit in units:
             if sharded:
@@ -251,9 +251,8 @@ def distribute(model: torch.nn.Module, layout: str) -> None:
     for unit in wrapped_units(root):
         unit.set_gradient_divide_factor(1.0)  # a sum over the processes, not a mean
         unit.set_force_sum_reduction_for_comms(True)  # as a plain SUM: gloo has no pre-multiplied sum
-    for method in ("get_image_features",):
-        if hasattr(root, method):
-            register_fsdp_forward_method(root, method)
+    if hasattr(root, "get_image_features"):
+        register_fsdp_forward_method(root, "get_image_features")
 
 
 def tied_names(model: torch.nn.Module) -> set[str]:

@@ -9,6 +9,8 @@ policy's weights after the update's optimizer steps.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, Sequence
 
@@ -126,6 +128,7 @@ def sampling_settings(*, greedy: bool = False, temperature: float = 1.0, top_p: 
 
 
 GREEDY = sampling_settings(greedy=True)
+NEUTRAL_WARPERS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 @torch.no_grad()
@@ -138,11 +141,14 @@ def generate(
     sampling: dict,
     batch_size: int = 8,
     share_prompt: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[Completion]]:
     """K completions for each prompt, generated `batch_size` prompts at a time with `sampling_settings`.
 
     With `share_prompt`, each prompt (images included) is encoded once and its K samples continue from one
-    copy of its KV cache (`prefill`); otherwise `generate` repeats every prompt K times before encoding it."""
+    copy of its KV cache (`prefill`); otherwise `generate` repeats every prompt K times before encoding it.
+    With `seeds` (one per prompt), completion k of prompt i is drawn from its own random stream, a function of
+    seeds[i] and k alone (`SeededSampling`); without, from the process's random state."""
     model = policy.model
     was_training = model.training
     model.eval()
@@ -154,6 +160,8 @@ def generate(
         shared = share_prompt and num_generations > 1
         if shared:
             inputs = prefill(policy, inputs, num_generations)
+        drawn = sampling if seeds is None else seeded(sampling, seeds[start : start + batch_size], num_generations,
+                                                      model.device)
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
@@ -161,13 +169,59 @@ def generate(
             eos_token_id=policy.eos_token_ids,
             pad_token_id=policy.pad_token_id,
             suppress_tokens=policy.blocked_token_ids or None,
-            **sampling,
+            **drawn,
         )
         new_tokens = output[:, prompt_len:].tolist()
         completions = [_completion(policy, ids) for ids in new_tokens]
         groups.extend(completions[i : i + num_generations] for i in range(0, len(completions), num_generations))
     model.train(was_training)
     return groups
+
+
+def seeded(sampling: dict, seeds: Sequence[int], num_generations: int, device: torch.device) -> dict:
+    """`generate`'s settings for sampling K completions of prompts with `seeds`, each from its own stream
+    (`SeededSampling`); greedy settings unchanged."""
+    if not sampling["do_sample"]:
+        return sampling
+    from transformers import LogitsProcessorList
+
+    streams = [completion_seed(seed, k) for seed in seeds for k in range(num_generations)]  # generate's row order
+    return {**sampling, **NEUTRAL_WARPERS,  # SeededSampling applies them, before it draws
+            "logits_processor": LogitsProcessorList([SeededSampling(streams, sampling, device)])}
+
+
+def completion_seed(prompt_seed: int, k: int) -> int:
+    """The seed of completion k of a prompt."""
+    return random.Random(f"{prompt_seed}:{k}").getrandbits(63)
+
+
+class SeededSampling:
+    """Sampling by `sampling_settings` (temperature, then top-k, then top-p, after the model's other processors, as
+    transformers samples), with one random stream per row of the batch instead of the process's: a completion
+    depends on its seed alone, not on which process samples it or what else is in its batch. It draws each row's
+    token as the argmax of the tempered, filtered log-probabilities plus Gumbel noise from the row's own
+    generator (the Gumbel-max trick: a sample of them), and leaves `generate` that token alone to sample (every
+    other score -inf)."""
+
+    def __init__(self, seeds: Sequence[int], sampling: dict, device: torch.device):
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = []
+        if sampling["temperature"] != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(sampling["temperature"]))
+        if sampling["top_k"]:
+            self.warpers.append(TopKLogitsWarper(sampling["top_k"]))
+        if sampling["top_p"] < 1.0:
+            self.warpers.append(TopPLogitsWarper(sampling["top_p"]))
+        self.streams = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=stream, device=scores.device)
+                               for stream in self.streams])
+        drawn = (torch.log_softmax(scores.float(), dim=-1) - torch.log(-torch.log(uniform))).argmax(-1, keepdim=True)
+        return torch.full_like(scores, -math.inf).scatter(-1, drawn, 0.0)
 
 
 def prefill(policy: Policy, inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
@@ -196,7 +250,9 @@ class Backend(Protocol):
     `sync_weights` is called after the update's optimizer steps, before the next rollouts."""
 
     def generate(self, prompts: Sequence[PromptInput], *, num_generations: int, max_new_tokens: int, sampling: dict,
-                 batch_size: int) -> list[list[Completion]]: ...
+                 batch_size: int, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """K completions per prompt; with `seeds` (one per prompt), completion k of prompt i is a function of the
+        weights, the prompt, seeds[i] and k alone, so that a run samples the same on any number of processes."""
 
     def sync_weights(self, model: torch.nn.Module) -> None: ...
 
@@ -209,10 +265,10 @@ class TransformersBackend:
         self.policy, self.share_prompt = policy, share_prompt
 
     def generate(self, prompts: Sequence[PromptInput], *, num_generations: int, max_new_tokens: int, sampling: dict,
-                 batch_size: int) -> list[list[Completion]]:
+                 batch_size: int, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         return generate(self.policy, [p.prompt for p in prompts], num_generations=num_generations,
                         max_new_tokens=max_new_tokens, sampling=sampling, batch_size=batch_size,
-                        share_prompt=self.share_prompt)
+                        share_prompt=self.share_prompt, seeds=seeds)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         pass

@@ -86,8 +86,9 @@ class StepResult:
 def dyme_step(engine: Engine, step: int) -> StepResult:
     t0 = time.perf_counter()
     prompts = step_samples(engine, step)
-    mine = StepBatch(step, [prompt_group(engine, prompts[i]) for i in engine.parallel.share(len(prompts))])
-    sample_rollouts(engine, mine)
+    own = engine.parallel.share(len(prompts))
+    mine = StepBatch(step, [prompt_group(engine, prompts[i]) for i in own])
+    sample_rollouts(engine, mine, rollout_seeds(engine.recipe.run.seed, step, own))
     t1 = time.perf_counter()
     verify(engine, mine)
     batch = whole_step(engine.parallel, mine, len(prompts))
@@ -152,8 +153,9 @@ def prompt_group(engine: Engine, sample: Sample) -> PromptGroup:
 # --------------------------------------------------------------------------- rollout, verify, gate, assemble
 
 
-def sample_rollouts(engine: Engine, batch: StepBatch) -> None:
-    """K completions per prompt; a method that learns from the references alone (SFT) samples none."""
+def sample_rollouts(engine: Engine, batch: StepBatch, seeds: Sequence[int]) -> None:
+    """K completions per prompt, each drawn with its prompt's seed; a method that learns from the references alone
+    (SFT) samples none."""
     cfg = engine.recipe.rollout
     if not dyme.METHODS[engine.recipe.train.algorithm].samples:
         return
@@ -161,9 +163,15 @@ def sample_rollouts(engine: Engine, batch: StepBatch) -> None:
         completions = engine.backend.generate(batch.groups, num_generations=cfg.num_generations,
                                               max_new_tokens=cfg.max_new_tokens,
                                               sampling=rollout_sampling(engine.recipe),
-                                              batch_size=cfg.prompts_per_generate)
+                                              batch_size=cfg.prompts_per_generate, seeds=seeds)
     for group, group_completions in zip(batch.groups, completions):
         group.completions = group_completions
+
+
+def rollout_seeds(seed: int, step: int, indices: Sequence[int]) -> list[int]:
+    """The sampling seed of each prompt at `indices` of a step: a function of the run's seed, the step and the
+    prompt's place in it, so that a run samples the same rollouts on any number of processes, and on resume."""
+    return [random.Random(f"rollout:{seed}:{step}:{i}").getrandbits(63) for i in indices]
 
 
 def rollout_sampling(recipe: Recipe) -> dict:

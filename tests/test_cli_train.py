@@ -200,6 +200,24 @@ def test_baselines_run_in_the_same_engine(tmp_path, chart_data, algorithm):
         assert {t["kind"] for t in traces} == {"rollout"} and len(traces) == 2 * 4 * 2
 
 
+def test_a_checkpoint_with_the_optimizer_state_by_parameter_index_still_resumes(tmp_path, chart_data):
+    """Before sharding, checkpoints held torch's own optimizer state_dict (parameters by index, in group order)."""
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    train(recipe, max_steps=2)
+    state_path = tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    by_name = state["optimizer"]
+    index = {name: i for i, name in enumerate(n for group in by_name["param_groups"] for n in group["params"])}
+    state["optimizer"] = {
+        "state": {index[name]: value for name, value in by_name["state"].items()},
+        "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in by_name["param_groups"]],
+    }
+    torch.save(state, state_path)
+    resumed = train(recipe, max_steps=4, resume=True)
+    assert resumed.steps == 4
+    assert [m["step"] for m in _records(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
 def test_resuming_from_an_optimizer_state_that_does_not_fit_is_one_line(tmp_path, chart_data):
     recipe = small_recipe(chart_data, tmp_path / "run")
     train(recipe, max_steps=2)

@@ -102,5 +102,15 @@ def test_the_plan_for_several_processes_gives_each_one_s_share(chart_data, tmp_p
     recipe = small_recipe(chart_data, tmp_path / "run", prompts_per_step=5)  # K = 2, micro-batches of 3 rows
     plan = dict(dry_run(recipe, processes=processes).facts)
     assert plan["per process and step"] == f"at most {prompts} prompts, {rows} rows, {micro} micro-batches of 3"
-    assert plan["processes"].startswith(f"{processes}, each with a whole copy of the model")
+    assert plan["processes"].startswith(f"{processes}, each with a whole copy of the weights, gradients and optimizer")
     assert "processes" not in dict(dry_run(recipe).facts)
+
+
+def test_a_sharded_plan_gives_each_process_its_share_of_the_state(chart_data, tmp_path, tiny_model_dir):
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    recipe.model.name_or_path = str(tiny_model_dir)
+    whole = dry_run(recipe, processes=4).state_bytes
+    sharded = dry_run(recipe, processes=4, layout="shard")
+    assert whole and sharded.state_bytes == pytest.approx(whole / 4)
+    assert dict(sharded.facts)["processes"].startswith("4, weights, gradients and optimizer state sharded")
+    assert "the rollouts gather the whole weights" in dict(sharded.facts)["memory (rough)"]

@@ -20,23 +20,27 @@ import torch
 from safetensors.torch import load_file
 
 from dyme_cli import processes
-from dyme_cli.data import read_samples
+from dyme_cli.data import read_samples, write_samples
 from dyme_cli.plan import dry_run
+from dyme_cli.prepare.synthetic_math import generate as generate_math
 from dyme_cli.recipe import recipe_to_toml
 from dyme_cli.step import prompt_indices
 from dyme_cli.trainer import train
 
-from conftest import REPO, small_recipe
+from conftest import PLUGINS, REPO, small_recipe
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 
-def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True, config: str = "ddp"):
+def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True, config: str = "ddp",
+           path: Path | None = None):
     """`accelerate launch --config_file recipes/accelerate/CONFIG.yaml -m dyme_cli ARGS` with one thread per
-    process."""
+    process (and `path` on the processes' PYTHONPATH)."""
     command = [str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / f"{config}.yaml"),
                "--num_processes", str(processes_), "--main_process_port", str(_free_port()), "-m", "dyme_cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
     if not wait:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -92,6 +96,18 @@ def _weights(checkpoint: Path) -> dict:
     return {f"{f.name}:{name}": t.float() for f in checkpoint.glob("*.safetensors") for name, t in load_file(str(f)).items()}
 
 
+def _qwen2_5_vl(recipe) -> None:
+    recipe.model.name_or_path = "tiny:qwen2.5-vl"  # 3-D rope positions, a vision tower of its own kind
+
+
+def _text_only_llama(recipe) -> None:
+    """A text-only model on math questions: batches without any image."""
+    out = Path(recipe.run.output_dir).parent / "math"
+    generate_math(out, n_train=8, n_test=4, seed=0, max_number=20)
+    recipe.model.name_or_path = "tiny:llama"
+    recipe.data.train, recipe.data.test = str(out / "train.jsonl"), str(out / "test.jsonl")
+
+
 def _one_prompt_a_step(recipe) -> None:
     recipe.train.prompts_per_step = 1  # one row a step: the second process has none and runs a padding row
 
@@ -119,11 +135,14 @@ SHARDED = {"ddp": False, "fsdp2": True, "fsdp2-zero2": True}
     (_lora_frozen_vision_checkpointed, 1e-5, "ddp"),
     (_lora_frozen_vision_checkpointed, 1e-5, "fsdp2"),
     (_one_prompt_a_step, 1e-5, "fsdp2"),
+    (_qwen2_5_vl, 1e-5, "fsdp2"),
+    (_text_only_llama, 1e-5, "fsdp2"),
     # bf16 rounds differently in differently padded micro-batches, and AdamW's first steps move every weight by
     # about lr (1e-3) whatever the gradient's size: a few lr apart after 3 steps is the same training
     (_bf16_autocast, 1e-2, "ddp"),
 ], ids=["full-fp32-ddp", "full-fp32-fsdp2", "full-fp32-fsdp2-zero2", "lora-frozen-vision-checkpointing-ddp",
-        "lora-frozen-vision-checkpointing-fsdp2", "a-process-without-rows-fsdp2", "bf16-autocast-ddp"])
+        "lora-frozen-vision-checkpointing-fsdp2", "a-process-without-rows-fsdp2", "qwen2.5-vl-fsdp2",
+        "text-only-llama-fsdp2", "bf16-autocast-ddp"])
 def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data, setup, tolerance, config):
     """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows, and
     whether the weights are replicated or sharded; sharded, each process holds about half the state."""
@@ -158,6 +177,41 @@ def test_a_run_of_one_process_resumes_sharded_on_two(tmp_path, chart_data):
     launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path, config="fsdp2")
     assert [m["step"] for m in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def _relabelled(chart_data: Path, folder: Path, task: str) -> Path:
+    """The chart training samples with their images in `folder`, verified by `task`."""
+    samples = read_samples(chart_data / "train.jsonl")
+    for sample in samples:
+        sample.task = task
+    for image in {name for s in samples for name in s.images}:
+        (folder / image).parent.mkdir(parents=True, exist_ok=True)
+        (folder / image).write_bytes((chart_data / image).read_bytes())
+    write_samples(folder / "train.jsonl", samples)
+    return folder / "train.jsonl"
+
+
+@pytest.mark.parametrize("config", ["ddp", "fsdp2", "fsdp2-zero2"])
+def test_dyme_on_two_processes_samples_gates_and_learns_as_one(tmp_path, chart_data, example_plugin, config):
+    """Rollouts are drawn per prompt and completion, not per process: 1 and 2 processes sample the same
+    completions, make the same gate decisions (every mode: the parity verifier rights about half the rollouts)
+    and end with the same weights, up to float reduction order."""
+    recipe = small_recipe(chart_data, tmp_path / "one", max_steps=3, prompts_per_step=6)
+    recipe.data.train = str(_relabelled(chart_data, tmp_path / "data", "parity"))
+    _train_on_one(recipe)
+    launch(["train", str(_recipe_file(recipe, tmp_path / "recipe.toml")), "--output", str(tmp_path / "two")], tmp_path,
+           config=config, path=PLUGINS)
+
+    def rollouts(run):
+        return Counter((t["step"], t["prompt_id"], t["completion"]) for t in _lines(tmp_path / run / "traces.jsonl")
+                       if t["kind"] == "rollout")
+
+    assert rollouts("one") == rollouts("two") and rollouts("one")
+    modes = [[(m[f"n_{mode}"]) for mode in ("memorize", "explore", "skip")] for run in ("one", "two")
+             for m in _lines(tmp_path / run / "metrics.jsonl")]
+    assert modes[:3] == modes[3:] and all(sum(column) for column in zip(*modes))  # every mode, the same each step
+    one, two = (_weights(tmp_path / run / "checkpoints" / "step-000003") for run in ("one", "two"))
+    assert one.keys() == two.keys() and max(float((one[name] - two[name]).abs().max()) for name in one) < 1e-5
 
 
 def _covers_every_prompt_once(run: Path, recipe, steps: range) -> None:

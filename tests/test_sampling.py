@@ -2,13 +2,15 @@
 directory records them; processor options from the recipe reach training and its checkpoints."""
 
 import json
+import math
 
+import pytest
 import torch
 from transformers import GenerationConfig
 
 from dyme_cli.data import read_samples
 from dyme_cli.modeling import load_policy
-from dyme_cli.rollout import encode_prompt, generate, sampling_settings
+from dyme_cli.rollout import SeededSampling, encode_prompt, generate, sampling_settings
 from dyme_cli.trainer import train
 
 from conftest import small_recipe
@@ -46,3 +48,43 @@ def test_the_run_records_its_generation_settings_and_processor_options(chart_dat
     # the checkpoint's processor tiles as the recipe asked: 2 x 2 crops + a global view
     sample = read_samples(chart_data / "train.jsonl")[0]
     assert encode_prompt(load_policy(str(checkpoint)), sample)["pixel_values"].shape[1] == 5
+
+
+@pytest.mark.parametrize("settings, expected", [
+    # softmax([2, 1, 0, -1] / 0.5) over the 3 largest, by hand: exp(4), exp(2), exp(0) over their sum
+    ({"temperature": 0.5, "top_k": 3}, [math.exp(4), math.exp(2), 1.0, 0.0]),
+    # softmax([2, 1, 0, -1]) = 0.644, 0.237, 0.087, 0.032: top-p 0.8 keeps the first two (0.881 >= 0.8)
+    ({"top_p": 0.8}, [math.exp(2), math.exp(1), 0.0, 0.0]),
+    ({}, [math.exp(2), math.exp(1), 1.0, math.exp(-1)]),
+])
+def test_seeded_sampling_draws_from_the_tempered_and_filtered_distribution(settings, expected):
+    draws = 20_000
+    sampler = SeededSampling(range(draws), sampling_settings(**settings), torch.device("cpu"))
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(draws, 1)
+    chosen = sampler(torch.zeros(draws, 1, dtype=torch.long), scores)
+    assert (chosen.isfinite().sum(-1) == 1).all()  # one token left to sample in each row
+    counts = torch.bincount(chosen.argmax(-1), minlength=4)
+    probabilities = torch.tensor(expected) / sum(expected)
+    # within 4.5 standard deviations of a binomial count: a false alarm about once in 150,000 runs
+    assert (counts - draws * probabilities).abs().le(4.5 * (draws * probabilities * (1 - probabilities)).sqrt() + 1e-9).all()
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_a_seeded_completion_depends_on_its_prompt_and_seed_alone(tiny_model_dir, chart_data, share_prompt):
+    """Not on the process's random state, the other prompts of its batch, or its place in it: what makes a run's
+    rollouts the same on any number of processes."""
+    policy = load_policy(str(tiny_model_dir))
+    prompts = [encode_prompt(policy, s) for s in read_samples(chart_data / "train.jsonl")[:3]]
+    sampling = sampling_settings(temperature=1.0)
+
+    def completions(indices, seeds, batch_size, torch_seed):
+        torch.manual_seed(torch_seed)
+        groups = generate(policy, [prompts[i] for i in indices], num_generations=3, max_new_tokens=10,
+                          sampling=sampling, batch_size=batch_size, share_prompt=share_prompt, seeds=seeds)
+        return {i: [c.ids for c in group] for i, group in zip(indices, groups)}
+
+    together = completions([0, 1, 2], [10, 11, 12], batch_size=3, torch_seed=0)
+    assert completions([2, 0], [12, 10], batch_size=2, torch_seed=1) == {i: together[i] for i in (2, 0)}
+    assert completions([1], [11], batch_size=1, torch_seed=2) == {1: together[1]}
+    assert completions([1], [99], batch_size=1, torch_seed=0) != {1: together[1]}  # another seed, other samples
+    assert len({tuple(ids) for ids in together[0]}) > 1  # the K completions of a prompt are different draws

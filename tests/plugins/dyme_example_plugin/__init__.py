@@ -1,8 +1,9 @@
 """A third-party verifier package, as someone would publish it: it depends only on dyme's public helpers.
 
-`exact` is the example plugin. `hang`, `crash` and `die` misbehave on purpose, to test that the engine
-survives plugins that never return, raise, or kill their process; `broken` cannot even be constructed. `keyed`
-needs a secret option (as a verifier calling a paid API would).
+`exact` is the example plugin; `parity` is a coin for tests that need every mode of the gate. `hang`, `crash` and
+`die` misbehave on purpose, to test that the engine survives plugins that never return, raise, or kill their
+process; `broken` cannot even be constructed. `keyed` needs a secret option (as a verifier calling a paid API
+would).
 """
 
 import os
@@ -69,3 +70,14 @@ class KeyedVerifier(ExactVerifier):
         verdict = super().verify(completion, sample)
         verdict.detail = f"called with a key of {len(self.api_key)} characters"
         return verdict
+
+
+class ParityVerifier(ExactVerifier):
+    name = "parity"
+    description = "Right when the completion has an even number of characters: about half of any group's rollouts."
+
+    def verify(self, completion, sample):
+        from dyme_cli.verdict import Verdict
+
+        even = len(completion) % 2 == 0
+        return Verdict(even, None, {"format": 0.0, "accuracy": float(even)}, f"{len(completion)} characters")
