@@ -108,6 +108,10 @@ def _text_only_llama(recipe) -> None:
     recipe.data.train, recipe.data.test = str(out / "train.jsonl"), str(out / "test.jsonl")
 
 
+def _kl_reference(recipe) -> None:
+    recipe.train.beta = 0.1  # the frozen reference model, sharded too
+
+
 def _one_prompt_a_step(recipe) -> None:
     recipe.train.prompts_per_step = 1  # one row a step: the second process has none and runs a padding row
 
@@ -135,13 +139,14 @@ SHARDED = {"ddp": False, "fsdp2": True, "fsdp2-zero2": True}
     (_lora_frozen_vision_checkpointed, 1e-5, "ddp"),
     (_lora_frozen_vision_checkpointed, 1e-5, "fsdp2"),
     (_one_prompt_a_step, 1e-5, "fsdp2"),
+    (_kl_reference, 1e-5, "fsdp2"),
     (_qwen2_5_vl, 1e-5, "fsdp2"),
     (_text_only_llama, 1e-5, "fsdp2"),
     # bf16 rounds differently in differently padded micro-batches, and AdamW's first steps move every weight by
     # about lr (1e-3) whatever the gradient's size: a few lr apart after 3 steps is the same training
     (_bf16_autocast, 1e-2, "ddp"),
 ], ids=["full-fp32-ddp", "full-fp32-fsdp2", "full-fp32-fsdp2-zero2", "lora-frozen-vision-checkpointing-ddp",
-        "lora-frozen-vision-checkpointing-fsdp2", "a-process-without-rows-fsdp2", "qwen2.5-vl-fsdp2",
+        "lora-frozen-vision-checkpointing-fsdp2", "a-process-without-rows-fsdp2", "kl-reference-fsdp2", "qwen2.5-vl-fsdp2",
         "text-only-llama-fsdp2", "bf16-autocast-ddp"])
 def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data, setup, tolerance, config):
     """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows, and
