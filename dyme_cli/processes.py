@@ -116,8 +116,9 @@ def launched_layout(environ=os.environ) -> str:
     """The layout the launch configuration asks for: `accelerate launch` exports a config's FSDP settings to the
     processes (ACCELERATE_USE_FSDP, FSDP_VERSION, FSDP_RESHARD_AFTER_FORWARD). dyme shards the model itself, with
     torch's `fully_shard`, so accelerate's own plugin (which would wrap the model again, and on a CPU runs unsharded)
-    is turned off here, before the Accelerator is made."""
-    if environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+    is turned off here, before the Accelerator is made; FSDP_VERSION, which accelerate exports only for FSDP, still
+    tells the next run of the same process (`dyme compare`)."""
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" and "FSDP_VERSION" not in environ:
         return "replicate"
     environ["ACCELERATE_USE_FSDP"] = "false"
     if environ.get("FSDP_VERSION", "1") != "2":

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from dyme_cli import processes
 from dyme_cli.data import read_samples, write_samples
+from dyme_cli.errors import UserError
 from dyme_cli.plan import dry_run
 from dyme_cli.prepare.synthetic_math import generate as generate_math
 from dyme_cli.recipe import recipe_to_toml
@@ -295,3 +296,23 @@ def test_rows_are_dealt_once_each_in_hands_of_equal_count_and_balanced_tokens(si
     totals = [sum(sizes[i] for i in hand) for hand in hands]
     assert max(totals) - min(totals) <= max(sizes, default=0)
     assert processes.deal(sizes, 1) == [list(range(len(sizes)))]  # one process keeps every row, in order
+
+
+@pytest.mark.parametrize("variables, layout", [
+    ({}, "replicate"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}, "shard"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"}, "shard-grad-op"),
+])
+def test_the_layout_is_the_launch_configurations_for_every_run_of_a_process(variables, layout):
+    environ = dict(variables)
+    assert [processes.launched_layout(environ) for _ in range(2)] == [layout] * 2  # dyme compare: run after run
+    assert environ.get("ACCELERATE_USE_FSDP", "false") == "false"  # accelerate's own plugin stays off
+
+
+@pytest.mark.parametrize("variables, refused", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP version 1"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params"),
+])
+def test_a_launch_configuration_dyme_cannot_follow_is_one_line(variables, refused):
+    with pytest.raises(UserError, match=refused):
+        processes.launched_layout(dict(variables))
