@@ -213,7 +213,8 @@ class DataParallel:
         if not wrapped_units(model):
             return None
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {name: tensor for name, tensor in state.items() if name not in tied_names(model)}
+        tied = tied_names(model)
+        return {name: tensor for name, tensor in state.items() if name not in tied}
 
     def optimizer_state(self, model, optimizer) -> dict:
         return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
