@@ -1,9 +1,11 @@
-"""One run on 1 and on 2 processes, with the weights replicated (DDP) and sharded (FSDP2 full shard, ZeRO-2 layout):
-per-process state and peak memory, step time, and how far the 2-process weights end from the 1-process ones.
+"""One run on 1 and on 2 processes in each layout: per-process state and peak memory, step time, and weights.
+
+The 2-process runs hold the weights replicated (DDP) or sharded (FSDP2 full shard, ZeRO-2 layout, CPU offload);
+the last column is how far their weights end from the 1-process run's.
 
 The run is SFT (no sampling, so 1 and 2 processes learn from the same rows and must end with the same weights up to
 float reduction order) on a tiny SmolVLM-architecture model sized so that its state, not the Python process, is
-what the memory columns measure (--hidden 512, --layers 6: about 20M parameters, with AdamW's two fp32 moments and
+what the memory columns measure (--hidden 512, --layers 6: about 25M parameters, with AdamW's two fp32 moments and
 the gradients 16 bytes a parameter). All runs are made one after the other in this one invocation, with one thread
 per process (OMP_NUM_THREADS=1), so that 2 processes on 2 cores do not slow each other by contending for threads.
 
@@ -35,7 +37,8 @@ from safetensors.torch import load_file  # noqa: E402
 from dyme_cli.prepare.synthetic_chart import generate  # noqa: E402
 from dyme_cli.recipe import recipe_from_dict, recipe_to_toml  # noqa: E402
 
-CONFIGS = {"ddp": "replicate (DDP)", "fsdp2": "FSDP2 full shard", "fsdp2-zero2": "FSDP2 ZeRO-2 layout"}
+CONFIGS = {"ddp": "replicate (DDP)", "fsdp2": "FSDP2 full shard", "fsdp2-zero2": "FSDP2 ZeRO-2 layout",
+           "fsdp2-offload": "FSDP2, CPU offload"}
 
 
 def main() -> None:
@@ -66,7 +69,7 @@ def main() -> None:
     for config, name in CONFIGS.items():
         launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
                   str(REPO / "recipes" / "accelerate" / f"{config}.yaml"), "--num_processes", "2",
-                  "--main_process_port", str(_free_port()), "-m", "dyme_cli", "train", str(recipe_file),
+                  "--main_process_port", str(free_port()), "-m", "dyme_cli", "train", str(recipe_file),
                   "--output", str(args.out / config)]
         runs[f"2 processes, {name}"] = _run(launch, args.out / config, env)
 
@@ -90,7 +93,8 @@ def _run(command: list[str], run: Path, env: dict) -> dict:
             "step_s": step_s, "weights": weights, "parameters": sum(v.numel() for v in weights.values())}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine, for a launched run's process group."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

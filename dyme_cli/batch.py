@@ -62,6 +62,11 @@ class Row:
     def tokens(self) -> int:
         return self.prompt_tokens + len(self.completion_ids)
 
+    @property
+    def has_images(self) -> bool:
+        """Whether its encoded prompt holds pixels (a vision model's sample with images)."""
+        return any(key.startswith("pixel_") for key in self.prompt)
+
 
 @dataclass
 class StepBatch:

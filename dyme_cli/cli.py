@@ -3,8 +3,10 @@ user error the engine raises into one line and exit code 2."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -18,16 +20,27 @@ class _Commands(TyperGroup):
     an OSError about a path (a directory where a file is expected, a file's child, no permission, a full disk)."""
 
     def invoke(self, ctx):
+        finished = False
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+                finished = True
+                return result
+            except (typer.Exit, click.exceptions.Exit):  # an exit code of the command's own (a stopped run)
+                finished = True
+                raise
             except UserError as exc:
                 fail(str(exc))
             except OSError as exc:
                 if exc.filename is None:  # not about a path the user named: a bug or a system failure, keep the trace
                     raise
                 fail(f"{exc.filename}: {exc.strerror or first_line(exc)}")
+            finally:
+                if "torch.distributed" in sys.modules:  # else no process group: torch is not imported for nothing
+                    from .processes import leave
+
+                    leave(finished)
 
 
 _library_showwarning = warnings.showwarning

@@ -25,6 +25,7 @@ from .plugins import VerifierError, installed_verifiers, load_verifiers
 from .recipe import Recipe
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # [model].mixed_precision
 
 
 @dataclass
@@ -39,9 +40,10 @@ class Plan:
 
 
 def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callable[[int, int], None] | None = None,
-            processes: int = 1, layout: str = "replicate") -> Plan:
+            processes: int = 1, layout: str = "replicate", offload: bool = False) -> Plan:
     """The plan of `recipe` (trained for `max_steps` instead of [train].max_steps when given) on `processes`
-    processes with the model laid out as `layout` (processes.LAYOUTS); `on_image_check` as in data.read_samples."""
+    processes with the model laid out as `layout` (processes.LAYOUTS), its sharded state in host memory with
+    `offload`; `on_image_check` as in data.read_samples."""
     if max_steps:
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": max_steps})})
     plan = Plan()
@@ -50,7 +52,7 @@ def dry_run(recipe: Recipe, max_steps: int | None = None, on_image_check: Callab
     _check_batches(recipe, plan, processes, layout)
     _check_supervision(recipe, plan)
     _check_precision(recipe, plan)
-    config = _check_model(recipe, plan, processes if layout != "replicate" else 1)
+    config = _check_model(recipe, plan, processes if layout != "replicate" else 1, offload)
     prompt_tokens = _check_prompt(recipe, plan, first, config) if first is not None else 1
     _check_context(recipe, plan, config, prompt_tokens)
     return plan
@@ -198,9 +200,9 @@ def _check_precision(recipe: Recipe, plan: Plan) -> None:
                           'dtype = "float32" with mixed_precision = "bf16" keeps them at the cost of memory')
 
 
-def _check_model(recipe: Recipe, plan: Plan, shards: int = 1):
+def _check_model(recipe: Recipe, plan: Plan, shards: int = 1, offload: bool = False):
     """The model's config (None for a tiny model or one that cannot be resolved). The memory figure is a process's,
-    with the weights and their state split in `shards`."""
+    with the weights and their state split in `shards` (in host memory with `offload`)."""
     from .modeling import DEFAULT_LORA_TARGETS, ModelLoadError, is_tiny, model_class_for, tiny_family
 
     section = recipe.model
@@ -226,8 +228,11 @@ def _check_model(recipe: Recipe, plan: Plan, shards: int = 1):
     reference = weights if recipe.train.beta > 0 else 0
     weights, state, reference = weights / shards, state / shards, reference / shards
     plan.state_bytes = weights + state
-    gathered = f"; the rollouts gather the whole weights ({_gib(weights * shards)})" if shards > 1 else ""
-    plan.add("memory (rough)", f"{_gib(weights + state + reference)} = weights {_gib(weights)} + gradients and "
+    # Sharded, FSDP2's mixed-precision policy gathers the weights in the compute dtype (processes.precision_policy)
+    gathered_bytes = total * BYTES[COMPUTE_DTYPES.get(section.mixed_precision, section.dtype)]
+    gathered = f"; the rollouts gather the whole weights ({_gib(gathered_bytes)})" if shards > 1 else ""
+    where = " in host memory (CPU offload)" if offload else ""
+    plan.add("memory (rough)", f"{_gib(weights + state + reference)}{where} = weights {_gib(weights)} + gradients and "
                                f"optimizer state {_gib(state)}" + (f" + reference model {_gib(reference)}" if reference else "")
              + f"{gathered}; activations come on top")
     return config

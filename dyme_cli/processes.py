@@ -103,6 +103,20 @@ def wait_for_everyone() -> None:
     PartialState().wait_for_everyone()
 
 
+def leave(finished: bool) -> None:
+    """This process's end in a launched run: once every process has `finished` (not after an error, where the
+    others may never arrive), then the process group destroyed, so that its communication threads stop before
+    the interpreter exits (gloo's, left running, now and then abort the process at exit: "terminate called
+    without an active exception"). Nothing without a process group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 #: How the trained model lies over the processes (`accelerate launch --config_file recipes/accelerate/...`):
 #:   replicate      every process holds the whole model, its gradients and optimizer state (DDP)
 #:   shard          FSDP2 full shard (ZeRO-3): weights, gradients and optimizer state split between the processes,
@@ -124,10 +138,12 @@ def launched_layout(environ=os.environ) -> str:
     if environ.get("FSDP_VERSION", "1") != "2":
         raise UserError("the launch configuration asks for FSDP version 1: dyme shards with FSDP2; set "
                         "`fsdp_version: 2` in its fsdp_config (recipes/accelerate/fsdp2.yaml)")
-    if environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
-        raise UserError("the launch configuration asks for `fsdp_offload_params: true`: CPU offload is not "
-                        "supported yet; remove it")
     return "shard" if environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true" else "shard-grad-op"
+
+
+def launched_offload(environ=os.environ) -> bool:
+    """Whether the launch configuration asks for CPU offload of the sharded state (`fsdp_offload_params: true`)."""
+    return environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true"
 
 
 class Parallel(Protocol):
@@ -151,6 +167,13 @@ class Parallel(Protocol):
         """Within it, every process holds the whole weights and runs the model without communicating (rollouts
         and evaluations, whose lengths differ between the processes)."""
 
+    def uneven_images(self, model: torch.nn.Module, images: bool, text: bool) -> bool:
+        """Before an update, told whether this process's rows include some with images and some with text only:
+        whether rows with and without images meet in the step, on several processes. Then the vision tower runs on
+        some processes' micro-batches and not on others', and the gradient reduction also takes the weights a
+        process left unused, as zero gradients, so that the processes' calls agree. Where no process has an
+        image, those weights have no gradient anywhere, and the optimizer leaves them as one process would."""
+
     def model_state(self, model: torch.nn.Module) -> dict | None:
         """The whole model's weights for a checkpoint, on the main process (None: save the model as it is).
         Every process calls it."""
@@ -171,9 +194,11 @@ class DataParallel:
     collective calls on every process. The model is wrapped per decoder layer and at its root, by torch's
     composable DDP (`replicate`) or FSDP2 (`fully_shard`) as `layout` says; gradients are summed over the
     processes in the backward pass (the loss already divides by the whole step's denominators). With one process
-    nothing is wrapped."""
+    nothing is wrapped. `offload` (sharded layouts) keeps the shards of the weights, their gradients and the
+    optimizer state in host memory, and runs the optimizer step there (FSDP2's CPUOffloadPolicy)."""
 
     layout: str = "replicate"
+    offload: bool = False
 
     def share(self, n: int) -> range:
         return share(n)
@@ -184,13 +209,13 @@ class DataParallel:
     def prepare(self, accelerator, model):
         model = accelerator.prepare_model(model, evaluation_mode=True)  # device placement and autocast only
         if count() > 1:
-            distribute(model, self.layout)
+            distribute(model, self.layout, accelerator.mixed_precision, self.offload)
         return model
 
     def prepare_frozen(self, accelerator, model):
         model = accelerator.prepare_model(model, evaluation_mode=True)
         if count() > 1 and self.layout != "replicate":
-            distribute(model, self.layout)
+            distribute(model, self.layout, accelerator.mixed_precision, self.offload)
         return model
 
     @contextmanager
@@ -208,6 +233,15 @@ class DataParallel:
                 unit.reshard()
                 if sharded:
                     unit.set_reshard_after_forward(self.layout == "shard" and unit is not units[0], recurse=False)
+
+    def uneven_images(self, model, images, text):
+        units = wrapped_units(model)
+        if not units:
+            return False
+        images, text = (total > 0 for total in summed([float(images), float(text)]))
+        for unit in units:  # off otherwise: it would also send zeros for weights whose gradient comes later
+            unit.set_reduce_scatter_unused_params(images and text, recurse=False)
+        return images and text
 
     def model_state(self, model) -> dict | None:
         if not wrapped_units(model):
@@ -233,28 +267,42 @@ class DataParallel:
                                  options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def distribute(model: torch.nn.Module, layout: str) -> None:
+def distribute(model: torch.nn.Module, layout: str, mixed_precision: str = "no", offload: bool = False) -> None:
     """Wrap `model` in place for `layout`: each decoder layer of its language model and then the root (the model
     under a PEFT wrapper, so that `get_image_features`, called outside `forward` by the update, gathers the
-    weights it reads, as the root's other forward methods do)."""
+    weights it reads, as the root's other forward methods do). Sharded, `mixed_precision` ("bf16", "fp16") is
+    FSDP2's policy: weights gathered and computed in that dtype, gradients reduced in float32 (accelerate's
+    autocast still keeps its float32 operations); `offload` is FSDP2's CPU offload."""
     from torch.distributed._composable.replicate_with_fsdp import replicate
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard, register_fsdp_forward_method
 
     from .modeling import decoder_layers
 
     mesh = init_device_mesh(PartialState().device.type, (count(),))
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    policies = {"mp_policy": precision_policy(mixed_precision)}
+    if offload:
+        policies["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     for unit in [*decoder_layers(root), root]:
         if layout == "replicate":
             replicate(unit, mesh=mesh)
         else:  # the root keeps its weights from forward to backward whatever the layout (FSDP2 does so too)
-            fully_shard(unit, mesh=mesh, reshard_after_forward=layout == "shard" and unit is not root)
+            fully_shard(unit, mesh=mesh, reshard_after_forward=layout == "shard" and unit is not root, **policies)
     for unit in wrapped_units(root):
         unit.set_gradient_divide_factor(1.0)  # a sum over the processes, not a mean
         unit.set_force_sum_reduction_for_comms(True)  # as a plain SUM: gloo has no pre-multiplied sum
     if hasattr(root, "get_image_features"):
         register_fsdp_forward_method(root, "get_image_features")
+
+
+def precision_policy(mixed_precision: str):
+    """FSDP2's mixed-precision policy for accelerate's `mixed_precision`: the weights gathered in the compute
+    dtype (half the bytes gathered and held unsharded), the gradients reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute else None)
 
 
 def tied_names(model: torch.nn.Module) -> set[str]:

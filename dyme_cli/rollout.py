@@ -85,15 +85,17 @@ def text_aligned(row: dict[str, torch.Tensor]) -> set[str]:
 def collate(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, side: str) -> dict[str, torch.Tensor]:
     """One batch: token-aligned tensors padded to one length (`left` for generation, `right` for training) with
     pad_id for input_ids and 0 otherwise; every other tensor (pixel values, grids) concatenated along the
-    batch dimension, zero-padded where rows differ in size beyond it (images or image tiles per prompt)."""
+    batch dimension, zero-padded where rows differ in size beyond it (images or image tiles per prompt). Rows
+    without images (a text-only sample of a vision dataset) add no pixels, and zeros for the per-token extras
+    the others have (as for ordinary text tokens): the model places image features by image token, in order."""
     length = max(row["input_ids"].shape[-1] for row in rows)
-    batch: dict[str, list[torch.Tensor]] = {key: [] for key in rows[0]}
-    aligned = text_aligned(rows[0]) | {"attention_mask"}
+    batch: dict[str, list[torch.Tensor]] = {key: [] for row in rows for key in row}
+    aligned = {"attention_mask"}.union(*(text_aligned(row) for row in rows))
     for row in rows:
         ids = row["input_ids"].reshape(1, -1)
         row = {**row, "attention_mask": row.get("attention_mask", torch.ones_like(ids))}
         for key in aligned:
-            value = row[key].reshape(1, -1)
+            value = row[key].reshape(1, -1) if key in row else torch.zeros_like(ids)
             fill = torch.full((1, length - value.shape[-1]), pad_id if key == "input_ids" else 0, dtype=value.dtype)
             batch.setdefault(key, []).append(torch.cat([fill, value] if side == "left" else [value, fill], dim=1))
         for key, value in row.items():

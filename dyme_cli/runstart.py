@@ -49,8 +49,10 @@ def start_run(held: ExitStack, recipe: Recipe, run: RunDir, *, total: int, resum
     run directory, and its refusals reach every process (processes.on_main)."""
     recipe_toml = recipe_to_toml(recipe)
     # Mixed precision: the weights and AdamW's state stay in [model].dtype (float32 = master weights), the forward
-    # passes run under accelerate's autocast in bf16/fp16. Made first: it joins the processes of a launched run.
-    parallel = DataParallel(processes.launched_layout())  # read before the Accelerator, which would take it too
+    # passes run under accelerate's autocast in bf16/fp16 (sharded: FSDP2's policy too, processes.distribute). The
+    # layout is read first, before the Accelerator would take its FSDP settings; the Accelerator then joins the
+    # processes of a launched run.
+    parallel = DataParallel(processes.launched_layout(), processes.launched_offload())
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.model.mixed_precision,
                               log_with=trackers(recipe) or None, project_dir=run.path)
     if not processes.is_main():  # known only now: a PartialState made before the Accelerator sees one process

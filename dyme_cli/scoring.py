@@ -21,17 +21,20 @@ from .rollout import collate, text_aligned
 class Scoring:
     """How the update scores its rows: the pad id, the sampling temperature the log-probs are taken at, whether
     only completion positions are computed (`[model].reuse_prompt`), and the step's store of image features
-    encoded once per prompt (`with_images_encoded_once`; None when the features are trained)."""
+    encoded once per prompt (`with_images_encoded_once`; None when the features are trained). `images_once`
+    False encodes each row's images in the model's forward instead (processes.Parallel.uneven_images)."""
 
     pad_id: int
     temperature: float = 1.0
     completion_only: bool = True
     image_features: dict | None = None
+    images_once: bool = True
 
     def logprobs(self, model: torch.nn.Module, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of each row's completion and their mask (`completion_logprobs`)."""
         return completion_logprobs(model, [with_completion(row.prompt, row.completion_ids) for row in rows],
-                                   self.pad_id, self.temperature, self.completion_only, self.image_features)
+                                   self.pad_id, self.temperature, self.completion_only, self.image_features,
+                                   self.images_once)
 
     @torch.no_grad()
     def frozen(self, model: torch.nn.Module, micro_batches: Sequence[Sequence[Row]]) -> list[torch.Tensor]:
@@ -55,7 +58,7 @@ def with_completion(prompt: dict[str, torch.Tensor], completion_ids: Sequence[in
 
 def completion_logprobs(
     model: torch.nn.Module, rows: Sequence[tuple[dict, int]], pad_id: int, temperature: float = 1.0,
-    completion_only: bool = True, image_features: dict | None = None,
+    completion_only: bool = True, image_features: dict | None = None, images_once: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of each row's completion tokens under the policy that sampled them (logits / temperature,
     as TRL does), and the mask of those positions.
@@ -63,10 +66,11 @@ def completion_logprobs(
     Both have shape (rows, max completion length); only completion tokens are scored. With `completion_only`
     the model computes logits only from the first position that predicts a completion token (`logits_to_keep`),
     not over every prompt position, and encodes the images of rows that share a prompt once
-    (`with_images_encoded_once`; with `image_features`, once for every call that shares that dict).
+    (`with_images_encoded_once`, unless `images_once` is False; with `image_features`, once for every call that
+    shares that dict).
     """
     batch = collate([row for row, _ in rows], pad_id, "right")
-    if completion_only:
+    if completion_only and images_once:
         batch = with_images_encoded_once(model, [row for row, _ in rows], batch, image_features)
     batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     first = min(prompt_len for _, prompt_len in rows) - 1 if completion_only else 0  # predicts a completion token
@@ -91,13 +95,14 @@ def with_images_encoded_once(model: torch.nn.Module, rows: Sequence[dict], batch
     tower and connector through the one encoding. With a `cache` (only when no weight the features depend on is
     trained, `modeling.image_features_frozen`), features are computed without gradients and kept there by prompt,
     for every later call of the step: the other micro-batches, the other iterations, the reference model.
-    Unchanged for text-only rows, a model without that input, or features that do not line up one-to-one with
-    the image tokens."""
+    Rows without images (text-only samples) get none. Unchanged for a batch without images, a model without that
+    input, or features that do not line up one-to-one with the image tokens."""
     pixel_keys = [key for key in batch if key.startswith("pixel_")]
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
     token_id = getattr(model.config, "image_token_id", None)
     if not pixel_keys or token_id is None or "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
         return batch
+    rows = [row for row in rows if pixel_keys[0] in row]  # the features are laid out by image token, in order
     distinct: dict[int, dict] = {}  # prompt (by its pixel tensor) -> one of its rows
     for row in rows:
         distinct.setdefault(id(row[pixel_keys[0]]), row)

@@ -318,13 +318,19 @@ def update(engine: Engine, micro: list[list[Row]], totals: StepTotals) -> Update
     the whole step's, so that the gradients summed over the processes are the step's. Then the rollout backend
     gets the new weights, and the schedule advances."""
     recipe, model = engine.recipe, engine.policy.model
-    rows = [row for batch in micro for row in batch if row.weight]
+    padded = [row for batch in micro for row in batch]
+    rows = [row for row in padded if row.weight]
     forwarded, tokens = processes.summed([len(rows), sum(len(r.completion_ids) for r in rows)])
     stats = UpdateStats(rows=int(forwarded), tokens=int(tokens))
     if forwarded:  # every process takes part in the update, with or without rows of its own
-        reuse = recipe.model.reuse_prompt
+        reuse, frozen = recipe.model.reuse_prompt, image_features_frozen(model)
+        uneven = engine.parallel.uneven_images(model, any(row.has_images for row in padded),
+                                               any(not row.has_images for row in padded))
+        # Images encoded once per prompt, before the forward; trained features then enter the model's forward as an
+        # input with a gradient, which FSDP's hooks follow only on the processes that have images: with rows
+        # without images on some processes, each row's images are encoded in the forward instead
         scoring = Scoring(engine.policy.pad_token_id, recipe.rollout.temperature, completion_only=reuse,
-                          image_features={} if reuse and image_features_frozen(model) else None)  # one per prompt
+                          image_features={} if reuse and frozen else None, images_once=frozen or not uneven)
         with engine.accelerator.autocast():
             old = scoring.frozen(model, micro) if recipe.train.num_iterations > 1 else None
             ref = scoring.frozen(engine.reference, micro) if engine.reference else None

@@ -114,3 +114,21 @@ def test_a_sharded_plan_gives_each_process_its_share_of_the_state(chart_data, tm
     assert whole and sharded.state_bytes == pytest.approx(whole / 4)
     assert dict(sharded.facts)["processes"].startswith("4, weights, gradients and optimizer state sharded")
     assert "the rollouts gather the whole weights" in dict(sharded.facts)["memory (rough)"]
+    assert "host memory" not in dict(sharded.facts)["memory (rough)"]
+    offloaded = dry_run(recipe, processes=4, layout="shard", offload=True)
+    assert offloaded.state_bytes == sharded.state_bytes
+    assert "in host memory (CPU offload)" in dict(offloaded.facts)["memory (rough)"]
+
+
+def _gathered_gib(plan) -> str:
+    return dict(plan.facts)["memory (rough)"].split("gather the whole weights (")[1].split(")")[0]
+
+
+def test_sharded_bf16_compute_gathers_the_weights_at_two_bytes_a_parameter(chart_data, tmp_path, tiny_model_dir):
+    recipe = small_recipe(chart_data, tmp_path / "run")
+    recipe.model.name_or_path = str(tiny_model_dir)
+    fp32 = _gathered_gib(dry_run(recipe, processes=2, layout="shard"))
+    recipe.model.mixed_precision = "bf16"
+    bf16 = _gathered_gib(dry_run(recipe, processes=2, layout="shard"))
+    (fp32_value, unit), (bf16_value, bf16_unit) = fp32.split(), bf16.split()
+    assert unit == bf16_unit and float(bf16_value) == pytest.approx(float(fp32_value) / 2, rel=0.05)

@@ -140,6 +140,34 @@ def test_completion_logprobs_of_padded_rows_match_unpadded_forwards(family, comp
         assert mask[i].tolist() == [1.0] * len(expected) + [0.0] * (mask.shape[1] - len(expected))
 
 
+@pytest.mark.parametrize("completion_only", [True, False], ids=["images-once", "images-per-row"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not FAMILIES[f][1]])
+def test_rows_with_and_without_images_in_one_batch_score_and_sample_as_alone(family, completion_only, tmp_path,
+                                                                              chart_data, math_data):
+    """A vision dataset's sample without images (`images: []`) shares a batch with those that have them, first
+    in the batch or not: each row's log-probs are those of its own unbatched forward, and the rollouts of the
+    mixed prompts are those of each prompt alone."""
+    from dyme_cli.rollout import GREEDY, encode_prompt, generate
+    from dyme_cli.scoring import completion_logprobs, with_completion
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    policy.model.eval()
+    text = samples[1].model_copy(update={"images": []})
+    prompts = [encode_prompt(policy, s) for s in (text, samples[0], samples[2])]
+    assert not any(k.startswith("pixel_") for k in prompts[0]) and any(k.startswith("pixel_") for k in prompts[1])
+    ids = policy.tokenizer("so it is 5", add_special_tokens=False)["input_ids"]
+    pairs = [with_completion(prompt, ids) for prompt in prompts]
+    with torch.no_grad():
+        logp, mask = completion_logprobs(policy.model, pairs, policy.pad_token_id, completion_only=completion_only)
+        for i, pair in enumerate(pairs):
+            alone, _ = completion_logprobs(policy.model, [pair], policy.pad_token_id, completion_only=completion_only)
+            assert logp[i, : len(ids)].tolist() == pytest.approx(alone[0].tolist(), abs=1e-5)
+        together = generate(policy, prompts, num_generations=1, max_new_tokens=8, sampling=GREEDY, batch_size=3)
+        apart = [generate(policy, [prompt], num_generations=1, max_new_tokens=8, sampling=GREEDY, batch_size=1)[0]
+                 for prompt in prompts]
+    assert [[c.ids for c in group] for group in together] == [[c.ids for c in group] for group in apart]
+
+
 @pytest.mark.parametrize("family", [f for f in FAMILIES if not FAMILIES[f][1]])
 def test_images_encoded_once_per_prompt_give_the_same_gradients(family, tmp_path, chart_data, math_data):
     """In the update, the rows of one prompt share one encoding of its images: the vision tower runs once per

@@ -109,6 +109,26 @@ def _text_only_llama(recipe) -> None:
     recipe.data.train, recipe.data.test = str(out / "train.jsonl"), str(out / "test.jsonl")
 
 
+def _few_images(recipe) -> None:
+    """A vision dataset whose samples mostly have no image: a step of 5 prompts holds none or one image, so after
+    the deal one process (or both) runs micro-batches without images while the vision tower is trained."""
+    source = Path(recipe.data.train)
+    out = Path(recipe.run.output_dir).parent / "few-images"
+    samples = read_samples(source)
+    for index, sample in enumerate(samples):
+        if index % 8:
+            sample.images = []
+    for image in {name for s in samples for name in s.images}:
+        (out / image).parent.mkdir(parents=True, exist_ok=True)
+        (out / image).write_bytes((source.parent / image).read_bytes())
+    write_samples(out / "train.jsonl", samples)
+    recipe.data.train, recipe.data.test = str(out / "train.jsonl"), None
+    per_step = recipe.train.prompts_per_step
+    imaged = [sum(bool(samples[i].images) for i in prompt_indices(len(samples), step, per_step, recipe.run.seed))
+              for step in range(1, recipe.train.max_steps + 1)]
+    assert 1 in imaged  # one image row in the step: the other process has none
+
+
 def _kl_reference(recipe) -> None:
     recipe.train.beta = 0.1  # the frozen reference model, sharded too
 
@@ -130,7 +150,7 @@ def _state_gib(run: Path) -> float:
     return _lines(run / "metrics.jsonl")[-1]["memory_state_gib"]
 
 
-SHARDED = {"ddp": False, "fsdp2": True, "fsdp2-zero2": True}
+SHARDED = {"ddp": False, "fsdp2": True, "fsdp2-zero2": True, "fsdp2-offload": True}
 
 
 @pytest.mark.parametrize("setup, tolerance, config", [
@@ -143,12 +163,17 @@ SHARDED = {"ddp": False, "fsdp2": True, "fsdp2-zero2": True}
     (_kl_reference, 1e-5, "fsdp2"),
     (_qwen2_5_vl, 1e-5, "fsdp2"),
     (_text_only_llama, 1e-5, "fsdp2"),
+    (_few_images, 1e-5, "ddp"),
+    (_few_images, 1e-5, "fsdp2"),
     # bf16 rounds differently in differently padded micro-batches, and AdamW's first steps move every weight by
     # about lr (1e-3) whatever the gradient's size: a few lr apart after 3 steps is the same training
     (_bf16_autocast, 1e-2, "ddp"),
+    (_bf16_autocast, 1e-2, "fsdp2"),  # FSDP2's policy: weights gathered in bf16, gradients reduced in fp32
+    (lambda recipe: None, 1e-5, "fsdp2-offload"),
 ], ids=["full-fp32-ddp", "full-fp32-fsdp2", "full-fp32-fsdp2-zero2", "lora-frozen-vision-checkpointing-ddp",
         "lora-frozen-vision-checkpointing-fsdp2", "a-process-without-rows-fsdp2", "kl-reference-fsdp2", "qwen2.5-vl-fsdp2",
-        "text-only-llama-fsdp2", "bf16-autocast-ddp"])
+        "text-only-llama-fsdp2", "few-images-ddp", "few-images-fsdp2", "bf16-autocast-ddp",
+        "bf16-policy-fsdp2", "full-fp32-fsdp2-offload"])
 def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path, chart_data, setup, tolerance, config):
     """No sampling in SFT: the same global batch gives the same gradient, whichever process holds which rows, and
     whether the weights are replicated or sharded; sharded, each process holds about half the state."""
@@ -309,10 +334,12 @@ def test_the_layout_is_the_launch_configurations_for_every_run_of_a_process(vari
     assert environ.get("ACCELERATE_USE_FSDP", "false") == "false"  # accelerate's own plugin stays off
 
 
-@pytest.mark.parametrize("variables, refused", [
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP version 1"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params"),
-])
-def test_a_launch_configuration_dyme_cannot_follow_is_one_line(variables, refused):
-    with pytest.raises(UserError, match=refused):
-        processes.launched_layout(dict(variables))
+@pytest.mark.parametrize("offload", ["true", "false", None])
+def test_cpu_offload_is_the_launch_configurations(offload):
+    environ = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"} | ({"FSDP_OFFLOAD_PARAMS": offload} if offload else {})
+    assert processes.launched_offload(environ) is (offload == "true")
+
+
+def test_a_launch_configuration_dyme_cannot_follow_is_one_line():
+    with pytest.raises(UserError, match="FSDP version 1"):
+        processes.launched_layout({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})

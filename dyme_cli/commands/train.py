@@ -28,10 +28,12 @@ def train(
         None, "--processes", min=1, help="With --dry-run: plan for N processes (default: the launched number, else 1)."),
     layout: Optional[str] = typer.Option(
         None, "--layout", help="With --dry-run: plan for this layout of the model over the processes: replicate, "
-        "shard or shard-grad-op (default: what the launch configuration asks for, else replicate)."),
+        "shard or shard-grad-op (default: what the launch configuration asks for, CPU offload included, else "
+        "replicate)."),
 ) -> None:
     """Train a model with DyME (or the SFT / GRPO baselines) from a TOML recipe."""
     from ..errors import BadArgument, UserError
+    from ..processes import launched_offload
     from ..recipe import load_recipe
     from ..trainer import TrainingInterrupted, train as run_training
 
@@ -43,7 +45,7 @@ def train(
         return
     if dry_run:
         _print_plan(recipe_path, recipe, max_steps, processes or int(os.environ.get("WORLD_SIZE", "1")),
-                    planned_layout(layout))
+                    planned_layout(layout), layout is None and launched_offload())
         return
     if not is_main_process():  # another process of a launched run: it trains its share, the main one reports
         _train_quietly(run_training, recipe, output_dir=output, max_steps=max_steps, resume=resume,
@@ -98,11 +100,12 @@ def planned_layout(layout: Optional[str]) -> str:
     return layout
 
 
-def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: int, layout: str) -> None:
+def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: int, layout: str,
+                offload: bool) -> None:
     from ..plan import dry_run
 
     with image_check_progress() as on_image_check:
-        plan = dry_run(recipe, max_steps, on_image_check, processes, layout)
+        plan = dry_run(recipe, max_steps, on_image_check, processes, layout, offload)
     table = Table(title=f"dry run of {recipe_path}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("plan")
