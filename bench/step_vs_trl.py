@@ -4,22 +4,25 @@ Both train the same tiny SmolVLM-architecture model (vision tower frozen, float3
 thread) on the same synthetic chart prompts, with K rollouts of up to --tokens new tokens (temperature 1) for
 --prompts prompts per step, one AdamW step per batch at the same learning rate, and the same rewards (dyme's chart
 verifier: accuracy + format + thinking). dyme runs as GRPO (every group explores; rows with zero advantage are not
-forwarded, by design). A third row is dyme with `[model].reuse_prompt = false`: every prompt prefilled once per
-rollout and logits over every position, the path before prompt reuse.
+forwarded, by design), and twice more: `dyme-per-row` with `[model].shared_prefix = false` (the update forwards
+every row whole, its prompt included: the path before the shared-prefix update), and `dyme-no-reuse` with
+`[model].reuse_prompt = false` (also every prompt prefilled once per rollout, logits over every position: the
+path before prompt reuse).
 
-The variants run in separate processes, alternated (dyme, TRL, dyme without reuse, dyme, TRL, ...) for --rounds
-rounds of --steps steps; the first step of each run is left out (warm-up), and dyme's last (it also writes a
-checkpoint). Per variant it prints the median step
-time (everything the training loop does between two steps, logging included), the median generation time
-(prompt encoding + sampling), the median update time (TRL: the step less its generation and scoring), the peak
-resident memory of the process, and the ratios.
+The variants run in separate processes, alternated (dyme, TRL, dyme per row, dyme without reuse, dyme, ...) for
+--rounds rounds of --steps steps; the first step of each run is left out (warm-up), and dyme's last (it also writes
+a checkpoint). Per variant it prints the median step time (everything the training loop does between two steps,
+logging included), the median generation time (prompt encoding + sampling), the median update time (TRL: the step
+less its generation and scoring), the update's peak memory (the most bytes autograd held saved for the backward
+pass at once, over the run: the activations a micro-batch keeps, which bound K and the micro-batch size on a GPU;
+generation keeps none), the peak resident memory of the process, and the ratios.
 
     pip install '.[bench]'        # TRL, for this benchmark only
     python bench/step_vs_trl.py [--image-size 128 --patch-size 8] [--k 8] [--prompts 4] [--tokens 48] [--steps 8]
                                 [--rounds 2] [--out runs/bench-step-vs-trl]
 
 The default image (128 px, 8-px patches, no pixel shuffle) puts 256 image tokens in every prompt;
---image-size 32 --patch-size 16 gives 4.
+--image-size 32 --patch-size 16 gives 4; --image-size 256 --patch-size 8 gives 1,024 (SmolVLM-256M's count).
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-VARIANTS = ("dyme", "trl", "dyme-no-reuse")
+VARIANTS = ("dyme", "trl", "dyme-per-row", "dyme-no-reuse")
+#: [model] settings of the dyme variants
+DYME = {"dyme": {}, "dyme-per-row": {"shared_prefix": False}, "dyme-no-reuse": {"reuse_prompt": False}}
 LR = 1e-4
 REWARD_WEIGHTS = {"accuracy": 1.0, "format": 1.0, "thinking": 1.0}
 
@@ -65,13 +70,13 @@ def build(out: Path, args) -> tuple[Path, Path]:
     return model, data / "train.jsonl"
 
 
-def run_dyme(model: Path, train: Path, out: Path, args, reuse_prompt: bool) -> dict:
+def run_dyme(model: Path, train: Path, out: Path, args, settings: dict) -> dict:
     from dyme_cli.recipe import recipe_from_dict
     from dyme_cli.trainer import train as dyme_train
 
     recipe = recipe_from_dict({
         "run": {"output_dir": str(out), "seed": 0, "save_every": args.steps, "eval_before": False, "eval_after": False},
-        "model": {"name_or_path": str(model), "reuse_prompt": reuse_prompt},
+        "model": {"name_or_path": str(model), **settings},
         "data": {"train": str(train), "prompt_template": "{question}"},
         "rollout": {"num_generations": args.k, "max_new_tokens": args.tokens, "temperature": 1.0,
                     "prompts_per_generate": args.prompts},
@@ -156,16 +161,56 @@ def run_trl(model_path: Path, train: Path, out: Path, args) -> dict:
     return result
 
 
+class SavedForBackward:
+    """The bytes autograd holds saved for backward passes, now and at most, counted once per storage (a view of a
+    saved tensor adds nothing)."""
+
+    def __init__(self):
+        self.held: dict[int, list[int]] = {}  # storage address -> [bytes, saved tensors on it]
+        self.now = self.peak = 0
+
+    def pack(self, tensor):
+        storage = tensor.untyped_storage()
+        entry = self.held.setdefault(storage.data_ptr(), [storage.nbytes(), 0])
+        if entry[1] == 0:
+            self.now += entry[0]
+            self.peak = max(self.peak, self.now)
+        entry[1] += 1
+        return _Saved(self, storage.data_ptr(), tensor)
+
+    @staticmethod
+    def unpack(saved: "_Saved"):
+        return saved.tensor
+
+    def release(self, address: int) -> None:
+        entry = self.held[address]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.now -= entry[0]
+            del self.held[address]
+
+
+class _Saved:
+    def __init__(self, counter: SavedForBackward, address: int, tensor):
+        self.counter, self.address, self.tensor = counter, address, tensor
+
+    def __del__(self):
+        self.counter.release(self.address)
+
+
 def child(args) -> None:
     import torch
 
     torch.set_num_threads(1)
     model, train = Path(args.model), Path(args.data)
     out = Path(args.run_dir)
-    if args.child == "trl":
-        result = run_trl(model, train, out, args)
-    else:
-        result = run_dyme(model, train, out, args, reuse_prompt=args.child == "dyme")
+    saved = SavedForBackward()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        if args.child == "trl":
+            result = run_trl(model, train, out, args)
+        else:
+            result = run_dyme(model, train, out, args, DYME[args.child])
+    result["saved_peak_mib"] = saved.peak / 2**20
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     Path(args.result).write_text(json.dumps(result))
 
@@ -212,20 +257,22 @@ def report(runs: dict[str, list[dict]], args) -> None:
         return statistics.median(x for run in runs[variant] for x in run[key])
 
     rows = {v: {"step": median(v, "step"), "generation": median(v, "generation"), "update": median(v, "update"),
+                "saved": max(run["saved_peak_mib"] for run in runs[v]),
                 "rss": max(run["peak_rss_gib"] for run in runs[v])} for v in runs}
     image_tokens = (args.image_size // args.patch_size) ** 2
     counted = {v: sum(len(run["step"]) for run in runs[v]) for v in runs}
     print(f"\n{image_tokens} image tokens per prompt, K = {args.k}, {args.prompts} prompts per step, up to "
           f"{args.tokens} new tokens, hidden size {args.hidden_size}, {args.layers} layers, 1 thread; medians over "
           + ", ".join(f"{v} {n}" for v, n in counted.items()) + " steps")
-    print(f"{'':16} {'step s':>8} {'generation s':>13} {'update s':>9} {'peak RSS GiB':>13}")
+    print(f"{'':16} {'step s':>8} {'generation s':>13} {'update s':>9} {'update MiB':>11} {'peak RSS GiB':>13}")
     for v, r in rows.items():
-        print(f"{v:16} {r['step']:8.3f} {r['generation']:13.3f} {r['update']:9.3f} {r['rss']:13.2f}")
-    for a, b in (("dyme", "trl"), ("dyme", "dyme-no-reuse"), ("dyme-no-reuse", "trl")):
+        print(f"{v:16} {r['step']:8.3f} {r['generation']:13.3f} {r['update']:9.3f} {r['saved']:11.1f} {r['rss']:13.2f}")
+    for a, b in (("dyme", "trl"), ("dyme", "dyme-per-row"), ("dyme-per-row", "trl"), ("dyme-per-row", "dyme-no-reuse")):
         if a in rows and b in rows:
             print(f"{a} / {b}: step {rows[a]['step'] / rows[b]['step']:.2f}, generation "
                   f"{rows[a]['generation'] / rows[b]['generation']:.2f}, update "
-                  f"{rows[a]['update'] / rows[b]['update']:.2f}, peak RSS {rows[a]['rss'] / rows[b]['rss']:.2f}")
+                  f"{rows[a]['update'] / rows[b]['update']:.2f}, update memory {rows[a]['saved'] / rows[b]['saved']:.2f}, "
+                  f"peak RSS {rows[a]['rss'] / rows[b]['rss']:.2f}")
     (args.out / "step_vs_trl.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
                                                            "medians": rows, "runs": runs}, indent=1))
 

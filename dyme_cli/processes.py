@@ -15,6 +15,7 @@ communication is accelerate's (`gather_object`, `reduce`, `broadcast_object_list
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,15 +106,18 @@ def wait_for_everyone() -> None:
 
 def leave(finished: bool) -> None:
     """This process's end in a launched run: once every process has `finished` (not after an error, where the
-    others may never arrive), then the process group destroyed, so that its communication threads stop before
-    the interpreter exits (gloo's, left running, now and then abort the process at exit: "terminate called
-    without an active exception"). Nothing without a process group."""
+    others may never arrive), the wrapped model freed and then the process group destroyed, so that its
+    communication threads stop before the interpreter exits (gloo's, left running, now and then abort the process
+    at exit: "terminate called without an active exception"). The model is freed by a collection first: it lies
+    in reference cycles, and its communication state holds the group, which would otherwise outlive
+    `destroy_process_group` until the interpreter tears down. Nothing without a process group."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return
     if finished:
         dist.barrier()
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -102,6 +102,10 @@ class ModelSection(_Section):
         True, description="compute each prompt's work once: one prefill (images included) shared by its K rollouts, "
         "and in the update logits only where completion tokens are scored; false repeats it per row (the plain "
         "path, for models whose generate or forward lacks cache continuation or logits_to_keep)")
+    shared_prefix: bool = Field(
+        True, description="with reuse_prompt, the update reads each prompt (its images included) once for its rows "
+        "in a micro-batch: one sequence of the prompt and their completions under a grouped attention mask (sdpa or "
+        "eager attention; flash_attention_2 forwards every row whole); false forwards every row whole")
     lora: Optional[LoraSection] = None
     tiny: TinyModel = TinyModel()
 

@@ -36,7 +36,7 @@ from .processes import DataParallel, Parallel
 from .recipe import Recipe
 from .rollout import BACKENDS, Backend, PromptInput, prompt_input, sampling_settings, target_ids
 from .rundir import RunDir
-from .scoring import Scoring
+from .scoring import Scoring, shares_prefix
 from .supervision import Checker, CheckerCounts
 from .traces import StepMetrics, Trace, UpdateStats, step_metrics, step_traces
 from .verdict import split_completion
@@ -262,14 +262,18 @@ def assemble_rows(groups: Sequence[PromptGroup]) -> list[Row]:
 
 def dealt_micro_batches(engine: Engine, rows: list[Row]) -> list[list[Row]]:
     """This process's micro-batches: its share of the step's rows balanced by token count (the run's Parallel),
-    encoded and ordered by length. Every process runs as many micro-batches as the one with most rows, because the
-    model's hooks make the same collective calls on every process: one with fewer pads with zero-weight copies of
-    the step's shortest row."""
+    encoded, and packed by prompt where the update reads a prompt once for its rows (a prompt's rows meet in one
+    micro-batch where they fit: `packed_by_prompt`), else cut in order of length. Every process runs as many
+    micro-batches as the one with most rows, because the model's hooks make the same collective calls on every
+    process: one with fewer pads with zero-weight copies of the step's shortest row."""
     if not rows:
         return []
     size = engine.recipe.optim.micro_batch_size
     mine = [rows[i] for i in engine.parallel.deal_rows([row.tokens for row in rows])]
-    micro = chunked(by_length(encoded(engine, mine)), size)
+    if shares_prefix(engine.policy.model, engine.recipe.model):
+        micro = packed_by_prompt(encoded(engine, mine), size)
+    else:
+        micro = chunked(by_length(encoded(engine, mine)), size)
     missing = math.ceil(math.ceil(len(rows) / processes.count()) / size) - len(micro)
     if missing:
         padding = replace(min(rows, key=lambda row: row.tokens), advantage=0.0, memorized=False, weight=0.0)
@@ -330,7 +334,8 @@ def update(engine: Engine, micro: list[list[Row]], totals: StepTotals) -> Update
         # input with a gradient, which FSDP's hooks follow only on the processes that have images: with rows
         # without images on some processes, each row's images are encoded in the forward instead
         scoring = Scoring(engine.policy.pad_token_id, recipe.rollout.temperature, completion_only=reuse,
-                          image_features={} if reuse and frozen else None, images_once=frozen or not uneven)
+                          image_features={} if reuse and frozen else None, images_once=frozen or not uneven,
+                          shared_prefix=shares_prefix(model, recipe.model))
         with engine.accelerator.autocast():
             old = scoring.frozen(model, micro) if recipe.train.num_iterations > 1 else None
             ref = scoring.frozen(engine.reference, micro) if engine.reference else None
@@ -408,6 +413,27 @@ def by_length(rows: list[Row]) -> list[Row]:
     from them pad each row little. Every loss sums per-row terms over the step's denominators, so the order
     changes no gradient (only `bnpo` under `active_rows` averages within micro-batches, as TRL does)."""
     return sorted(rows, key=lambda row: row.prompt["input_ids"].shape[-1] + len(row.completion_ids))
+
+
+def packed_by_prompt(rows: list[Row], size: int) -> list[list[Row]]:
+    """`rows` in as many micro-batches of at most `size` rows as cutting them in order would make, a prompt's rows
+    kept in one where they fit: the prompts, most rows first, each go to the fullest micro-batch with room for all
+    of its rows, or, where none has, over the emptiest ones in turn."""
+    groups: dict[int, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(id(row.prompt["input_ids"]), []).append(row)
+    micro: list[list[Row]] = [[] for _ in range(math.ceil(len(rows) / size))]
+    for group in sorted(groups.values(), key=len, reverse=True):
+        room = [m for m in micro if size - len(m) >= len(group)]
+        if room:
+            max(room, key=len).extend(group)
+            continue
+        while group:
+            emptiest = min(micro, key=len)
+            taken = size - len(emptiest)
+            emptiest.extend(group[:taken])
+            group = group[taken:]
+    return micro
 
 
 def chunked(items: list, size: int) -> list[list]:

@@ -234,3 +234,155 @@ def test_frozen_image_features_are_encoded_once_for_the_whole_step(family, tmp_p
     assert len(encoded) == 4
     for a, b in zip(shared, alone):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def _gradients(model, score):
+    """Log-probs, mask and every parameter's gradient of the summed completion log-probs `score()` gives."""
+    model.zero_grad()
+    logp, mask = score()
+    (logp * mask).sum().backward()
+    return logp.detach(), mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _mixed_rows(policy, samples, text_only):
+    """Rows as an update meets them: a prompt with three completions of different lengths and a memorized target
+    (ending with eos), one with a single row, and a third prompt (without images in a vision family); interleaved."""
+    from dyme_cli.data import target_text
+    from dyme_cli.rollout import encode_prompt, target_ids
+
+    third = samples[2] if text_only else samples[2].model_copy(update={"images": []})
+    prompts = [encode_prompt(policy, s) for s in (samples[0], samples[1], third)]
+    said = [policy.tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in ("so it is 5", "7", "the answer is 12 because the bars", "Answer: 3")]
+    target = target_ids(policy, target_text(samples[0], "Answer:"))
+    return [(prompts[0], said[0]), (prompts[1], said[3]), (prompts[0], said[1]), (prompts[2], said[2]),
+            (prompts[0], said[2]), (prompts[0], target)]
+
+
+@pytest.mark.parametrize("variant", ["sdpa", "eager", "lora-checkpointing"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_shared_prefix_scores_and_trains_as_every_row_forwarded_alone(family, variant, tmp_path, chart_data,
+                                                                         math_data):
+    """Each prompt read once for its rows (one packed forward) gives the log-probs (within 1e-5) and the gradients
+    (language model, vision tower and connector; within 1e-5 + 1e-4 relative) of forwarding every row alone, and
+    of the padded batch of rows, in every family (Qwen's 3-D rope positions included): rows of different
+    lengths, a group with one row, a memorized target beside explored rows, a prompt without images; with sdpa's
+    boolean mask, eager attention's additive one, and under LoRA with gradient checkpointing."""
+    from dyme_cli.modeling import CONNECTORS, VISION_TOWERS, add_lora, enable_checkpointing
+    from dyme_cli.recipe import LoraSection, ModelSection
+    from dyme_cli.scoring import completion_logprobs, shared_prefix_logprobs, shares_prefix, with_completion
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    model = policy.model
+    if variant == "eager":
+        model.set_attn_implementation("eager")
+    if variant == "lora-checkpointing":
+        model = add_lora(model, LoraSection(r=4, alpha=8, dropout=0.0))
+        enable_checkpointing(model)
+        model.enable_input_require_grads()
+    section = ModelSection(name_or_path="unused")
+    assert shares_prefix(model, section) and not shares_prefix(model, section.model_copy(update={"reuse_prompt": False}))
+    assert not shares_prefix(model, section.model_copy(update={"shared_prefix": False}))
+    model.train()
+    rows = _mixed_rows(policy, samples, FAMILIES[family][1])
+    shared, shared_mask, shared_grads = _gradients(model, lambda: shared_prefix_logprobs(model, rows))
+    padded, _, padded_grads = _gradients(
+        model, lambda: completion_logprobs(model, [with_completion(p, c) for p, c in rows], policy.pad_token_id))
+    alone = [_gradients(model, lambda: completion_logprobs(model, [with_completion(p, c)], policy.pad_token_id))
+             for p, c in rows]
+    assert shared.shape == padded.shape
+    for i, (logp, _, _) in enumerate(alone):
+        n = len(rows[i][1])
+        assert shared_mask[i].tolist() == [1.0] * n + [0.0] * (shared_mask.shape[1] - n)
+        assert shared[i, :n].tolist() == pytest.approx(logp[0, :n].tolist(), abs=1e-5)
+    summed = {name: sum(grads[name] for _, _, grads in alone if name in grads) for name in shared_grads}
+    assert set(shared_grads) == set().union(*(grads for _, _, grads in alone)) == set(padded_grads)
+    if not FAMILIES[family][1] and variant != "lora-checkpointing":
+        for parts in (VISION_TOWERS, CONNECTORS):  # Qwen's merger, its connector, is part of its vision tower
+            assert any(set(name.split(".")) & set(parts) for name in shared_grads) or family.startswith("qwen")
+    for name, grad in shared_grads.items():
+        assert torch.allclose(grad, summed[name], atol=1e-5, rtol=1e-4), name
+        assert torch.allclose(grad, padded_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "qwen2.5-vl", "llama"])
+def test_a_shared_prefix_reads_each_prompt_once(family, tmp_path, chart_data, math_data):
+    """The language model reads each distinct prompt of a micro-batch once, and each completion once (one
+    sequence per prompt, padded to the longest), where forwarding every row reads each prompt K times; the vision tower encodes each prompt's images once."""
+    from dyme_cli.modeling import VISION_TOWERS
+    from dyme_cli.rollout import encode_prompt
+    from dyme_cli.scoring import completion_logprobs, shared_prefix_logprobs, with_completion
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    read, encoded = [], []
+    policy.model.get_input_embeddings().register_forward_hook(lambda module, args, out: read.append(args[0].numel()))
+    if not FAMILIES[family][1]:
+        vision = next(getattr(policy.model.model, n) for n in VISION_TOWERS if hasattr(policy.model.model, n))
+        vision.register_forward_hook(lambda module, args, out: encoded.append(1))
+    prompts = [encode_prompt(policy, s) for s in samples[:2]]
+    completion = policy.tokenizer("so it is 5", add_special_tokens=False)["input_ids"]
+    rows = [(prompts[i], completion[: 2 + j]) for i in (0, 1) for j in range(4)]  # K = 4
+    with torch.no_grad():
+        shared_prefix_logprobs(policy.model, rows)
+        shared, read[:] = sum(read), []
+        completion_logprobs(policy.model, [with_completion(p, c) for p, c in rows], policy.pad_token_id,
+                            completion_only=False)
+    prompt_tokens = [p["input_ids"].numel() for p in prompts]
+    # one sequence per prompt: the prompt, then its 4 completions; the shorter sequence padded to the longer
+    assert shared == 2 * max(n + sum(len(c) for p, c in rows if p is prompt) for n, prompt in zip(prompt_tokens, prompts))
+    assert sum(read) >= 4 * sum(prompt_tokens) + sum(len(c) for _, c in rows)  # and its padding
+    assert encoded == ([] if FAMILIES[family][1] else [1, 1])  # once in the packed forward, once for the rows
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "qwen3-vl"])
+def test_a_shared_prefix_reads_a_steps_frozen_image_features(family, tmp_path, chart_data, math_data):
+    """With the image features frozen, the packed forwards of a step's micro-batches take them from the step's
+    store (encoded once for the step), with the log-probs of encoding them in each forward."""
+    from dyme_cli.modeling import CONNECTORS, VISION_TOWERS
+    from dyme_cli.scoring import shared_prefix_logprobs
+
+    policy, samples = tiny_policy(family, tmp_path, chart_data, math_data)
+    for name, parameter in policy.model.named_parameters():
+        if set(name.split(".")) & set(VISION_TOWERS + CONNECTORS):
+            parameter.requires_grad_(False)
+    rows = _mixed_rows(policy, samples, text_only=False)
+    micro = [rows[:3], rows[3:]]
+    step = {}
+    with torch.no_grad():
+        stored = [shared_prefix_logprobs(policy.model, batch, image_features=step)[0] for batch in micro * 2]
+        assert len(step) == 2  # the two prompts with images, encoded once for the four forwards
+        encoded = [shared_prefix_logprobs(policy.model, batch)[0] for batch in micro * 2]
+    for a, b in zip(stored, encoded):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "qwen2-vl", "qwen2"])
+def test_training_with_a_shared_prefix_is_training_on_every_row(family, tmp_path, chart_data, math_data):
+    """Three DyME steps (K = 4, two iterations per step with old log-probs, the KL reference model, gradient
+    checkpointing, micro-batches of 3 that split groups) with each prompt read once per micro-batch end with
+    the weights (within 1e-5, at lr 1e-3: AdamW moves every weight by about lr whatever its gradient's size) and
+    the losses of forwarding every row, in vision families with 1-D and 3-D rope positions and a text model."""
+    data = math_data if FAMILIES[family][1] else chart_data
+
+    def run(name, shared_prefix):
+        recipe = recipe_from_dict({
+            "run": {"output_dir": str(tmp_path / name), "seed": 0, "save_every": 3},
+            "model": {"name_or_path": f"tiny:{family}", "gradient_checkpointing": True,
+                      "shared_prefix": shared_prefix,
+                      "tiny": {"image_size": 32, "hidden_size": 32, "vision_hidden_size": 32,
+                               "intermediate_size": 64}},
+            "data": {"train": str(data / "train.jsonl")},
+            "rollout": {"num_generations": 4, "max_new_tokens": 8},
+            "train": {"max_steps": 3, "prompts_per_step": 3, "num_iterations": 2, "beta": 0.05},
+            "optim": {"lr": 1e-3, "micro_batch_size": 3},
+        })
+        result = train(recipe)
+        lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return load_file(result.checkpoint / "model.safetensors"), lines
+
+    shared, shared_metrics = run("shared", True)
+    every, every_metrics = run("every", False)
+    assert sum(m["rows"] for m in shared_metrics) > 3
+    assert [m["rows"] for m in shared_metrics] == [m["rows"] for m in every_metrics]
+    assert [m["loss"] for m in shared_metrics] == pytest.approx([m["loss"] for m in every_metrics], abs=1e-5)
+    assert max(float((shared[k] - every[k]).abs().max()) for k in shared) < 1e-5

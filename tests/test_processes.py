@@ -343,3 +343,34 @@ def test_cpu_offload_is_the_launch_configurations(offload):
 def test_a_launch_configuration_dyme_cannot_follow_is_one_line():
     with pytest.raises(UserError, match="FSDP version 1"):
         processes.launched_layout({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})
+
+
+_LEAVE = """
+import gc, os, sys, weakref
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from dyme_cli.processes import leave
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+gc.disable()  # no collection but leave's
+model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+fully_shard(model)
+model(torch.ones(3, 2)).sum().backward()
+model.cycle = [model]
+model = weakref.ref(model)
+destroy = dist.destroy_process_group
+dist.destroy_process_group = lambda: print("model alive when the group is destroyed:", model() is not None) or destroy()
+leave(True)
+print("group left:", not dist.is_initialized())
+"""
+
+
+def test_leaving_frees_the_wrapped_model_before_the_group_it_holds():
+    """A trained model lies in reference cycles, and its communication state holds the process group: freed only
+    at the interpreter's teardown, gloo's threads abort the process now and then ("terminate called without an
+    active exception")."""
+    done = subprocess.run([sys.executable, "-c", _LEAVE, str(_free_port())], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["model alive when the group is destroyed: False", "group left: True"]

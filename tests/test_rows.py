@@ -1,15 +1,19 @@
 """Row assembly and the update: zero-advantage rows are never forwarded."""
 
+import math
+import random
+
+import pytest
 import torch
 from accelerate import Accelerator
 
-from dyme_cli.batch import PromptGroup, Target
+from dyme_cli.batch import PromptGroup, Row, Target
 from dyme_cli.data import read_samples
 from dyme_cli.dyme import GroupDecision, Mode
 from dyme_cli.modeling import load_policy
 from dyme_cli.rollout import Completion, encode_prompt, target_ids
 from dyme_cli.optim import build_optimizer
-from dyme_cli.step import Engine, assemble_rows, dealt_micro_batches, step_totals, update
+from dyme_cli.step import Engine, assemble_rows, dealt_micro_batches, packed_by_prompt, step_totals, update
 
 from conftest import small_recipe
 
@@ -43,11 +47,13 @@ def test_only_nonzero_advantage_rows_are_forwarded(chart_data, tiny_model_dir, t
     optimizer, scheduler = build_optimizer(policy.model, recipe, 4)
     engine = Engine(recipe, policy, samples, {}, optimizer, scheduler, Accelerator(cpu=True), recipe.train.max_steps)
     seen = []
-    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     before = [p.detach().clone() for p in policy.model.parameters()]
     stats = update(engine, dealt_micro_batches(engine, rows), step_totals(recipe, groups, rows))
     hook.remove()
-    assert sum(seen) == 3  # 3 rows, in micro-batches of at most 3
+    # one micro-batch (at most 3 rows): one sequence per prompt, the explored prompt's two rows after its prompt
+    width = max(len(prompts[0]["input_ids"][0]) + len(a) + len(c), len(prompts[2]["input_ids"][0]) + len(target[1]))
+    assert seen == [(2, width)]
     assert stats.rows == 3 and stats.tokens == len(a) + len(c) + len(target[1])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
 
@@ -72,3 +78,27 @@ def test_step_totals_count_the_active_rows_or_every_row_of_the_step(chart_data, 
     sft = [PromptGroup(samples[3], {}, decision=GroupDecision(Mode.MEMORIZE, []), target=Target("t", [1, 2, 3]))]
     sft_totals = step_totals(small_recipe(chart_data, tmp_path), sft, assemble_rows(sft))
     assert (sft_totals.rows, sft_totals.tokens) == (1, 3)  # an SFT prompt is its target alone
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("size", [1, 3, 4, 8])
+def test_packing_by_prompt_keeps_a_prompts_rows_together_where_they_fit_in_as_many_micro_batches(seed, size):
+    draw = random.Random(seed)
+    prompts = [{"input_ids": torch.zeros(1, 3)} for _ in range(draw.randint(1, 7))]
+    rows = [Row(prompt, [i], 1.0) for i, prompt in enumerate(draw.choice(prompts) for _ in range(draw.randint(1, 20)))]
+    micro = packed_by_prompt(rows, size)
+    assert len(micro) == math.ceil(len(rows) / size) and all(0 < len(m) <= size for m in micro)
+    assert sorted(row.completion_ids for m in micro for row in m) == [[i] for i in range(len(rows))]
+    for prompt in prompts:
+        count = sum(row.prompt is prompt for row in rows)
+        holding = [m for m in micro if any(row.prompt is prompt for row in m)]
+        if 0 < count <= size:
+            assert len(holding) == 1
+        assert len(holding) <= math.ceil(count / size) + 1  # a prompt that does not fit spans few micro-batches
+
+
+def test_packing_by_prompt_splits_only_the_prompt_that_cannot_fit():
+    a, b, c = ({"input_ids": torch.zeros(1, 3)} for _ in range(3))
+    rows = [Row(p, [i], 1.0) for i, p in enumerate([a, b, a, c, a, b, a])]
+    micro = packed_by_prompt(rows, 3)  # a has 4 rows: 3 + 1; b's 2 meet a's last one, c's 1 fills its own
+    assert [[row.completion_ids[0] for row in m] for m in micro] == [[0, 2, 4], [6, 1, 5], [3]]
