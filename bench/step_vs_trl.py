@@ -87,12 +87,12 @@ def run_dyme(model: Path, train: Path, out: Path, args, settings: dict) -> dict:
     })
     steps, generation, update, marks = [], [], [], [time.perf_counter()]
 
-    def on_step(step: int, total: int, metrics: dict) -> None:
+    def on_step(step: int, total: int, metrics) -> None:
         marks.append(time.perf_counter())
         if 1 < step < total:  # the first warms up, the last also writes the checkpoint
             steps.append(marks[-1] - marks[-2])
-            generation.append(metrics["time_generate"])
-            update.append(metrics["time_update"])
+            generation.append(metrics.time_generate)
+            update.append(metrics.time_update)
 
     dyme_train(recipe, on_step=on_step)
     return {"step": steps, "generation": generation, "update": update}
