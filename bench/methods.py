@@ -5,10 +5,13 @@ with imperfect reasoning traces. This builds that regime offline, then runs `dym
 
   1. data (synthetic charts, 3 bars, values 1-5): a post-training set whose reference traces have the quality
      --quality (medium: wrong values for bars the answer does not use), a validation set for the learning-rate
-     choice and a test set, each from its own generator seed;
-  2. a weak base: the tiny SmolVLM-architecture model (0.4M parameters), trained for --pretrain-steps on
-     answers alone ("Answer: 3", no reasoning) for the question kinds --pretrain-kinds only. It answers some
-     held-out questions without reasoning and none of the other kinds;
+     choice and a test set, each from its own generator seed (--draw picks another draw of all three);
+  2. a weak base: the tiny SmolVLM-architecture model (0.4M parameters), trained for --pretrain-steps at
+     --pretrain-lr on answers alone ("Answer: 3", no reasoning) for the question kinds --pretrain-kinds only. By
+     default it answers the three kinds it learned (about 64% of the held-out questions, the paper's range for
+     SmolVLM) without reasoning, and none of the other two; `--pretrain-kinds value` makes a base that answers
+     little (about 20%). The rule was fixed on the validation set, under three float roundings, before any
+     post-training run;
   3. `dyme compare`: every method from that base, same data, steps, prompts per step, K and optimizer; each
      method's learning rate chosen among --lrs on the validation set (seed 1000); then --seeds on the test set.
      It prints held-out accuracy, format rate and pseudo-thinking flag rates (mean ± sd over the seeds), mode
@@ -16,10 +19,13 @@ with imperfect reasoning traces. This builds that regime offline, then runs `dym
 
     python bench/methods.py [--out runs/bench-methods] [--seeds 0,1,2] [--steps 300] [--lrs 1e-3,3e-3]
                             [--quality medium] [--methods dyme,sft,grpo,sft-grpo,threshold,anneal]
+                            [--pretrain-kinds value,largest,smallest] [--draw 0] [--no-portable-cpu]
                             [--no-reuse-prompt]
 
-Finished runs are read back, so an interrupted benchmark continues where it stopped when rerun with the same
-arguments. The generator seeds below are this benchmark's own; nothing was tuned on them.
+Every `dyme` it runs computes under bench/rounding.py's PORTABLE_CPU kernel settings, so a seed prints the same
+figures on every x86-64 CPU with AVX2. Finished runs are read back, so an interrupted benchmark continues where it
+stopped when rerun with the same arguments. The generator seeds below are this benchmark's own; nothing was tuned
+on them.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from dyme_cli.data import QUESTION, read_samples, target_text, user_text, write_
 from dyme_cli.prepare.synthetic_chart import generate  # noqa: E402
 from dyme_cli.recipe import TinyModel, recipe_from_dict, recipe_to_toml, tomllib  # noqa: E402
 from dyme_cli.tiny_models import build_tiny  # noqa: E402
+from rounding import portable_env  # noqa: E402  (bench/, this script's folder)
 
 POST_SEED, VAL_SEED, PRETRAIN_SEED = 101, 202, 303  # generator seeds: post-training + test, validation, pretraining
 CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
@@ -63,20 +70,42 @@ def recipe_toml(*, model: str, train: Path, test: Path, out: Path, algorithm: st
     return recipe_to_toml(recipe_from_dict(raw))
 
 
-def dyme(*args: str, quiet: bool = False) -> None:
+def dyme(*args: str, portable: bool, quiet: bool = False) -> None:
+    """Runs `dyme ARGS`, under PORTABLE_CPU's kernel settings where `portable` (the same numbers on every x86-64
+    CPU with AVX2, bench/rounding.py)."""
     print("$ dyme " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True,
-                   stdout=subprocess.DEVNULL if quiet else None)
+                   stdout=subprocess.DEVNULL if quiet else None, env=portable_env() if portable else None)
+
+
+def provenance(args) -> str:
+    """The first line of the benchmark's recipes: what made them besides their keys."""
+    kernels = "PORTABLE_CPU (bench/rounding.py)" if args.portable_cpu else "the machine defaults"
+    return f"# data draw {args.draw}; kernels: {kernels}\n"
+
+
+def generator_seeds(draw: int) -> tuple[int, int, int]:
+    """The generator seeds of the post-training + test, validation and pretraining sets for draw `draw`."""
+    return POST_SEED + 1000 * draw, VAL_SEED + 1000 * draw, PRETRAIN_SEED + 1000 * draw
+
+
+def write_once(path: Path, text: str) -> None:
+    """Writes a recipe of this benchmark; one already there from other arguments stops it (its runs would be
+    read back as if made by these)."""
+    if path.is_file() and path.read_text(encoding="utf-8") != text:
+        sys.exit(f"{path} was written with other arguments (weak base, budget or kernels); give another --out")
+    path.write_text(text, encoding="utf-8")
 
 
 def make_data(out: Path, args) -> tuple[Path, Path, Path, Path]:
     """(post-training set, validation set, test set, answer-only pretraining set)."""
     post, val, pre = out / "data" / "post", out / "data" / "val", out / "data" / "pretrain"
     if not (pre / "answer_only.jsonl").is_file():
-        generate(post, n_train=args.n_train, n_test=args.n_test, seed=POST_SEED, quality=args.quality, **CHARTS)
-        generate(val, n_train=0, n_test=args.n_val, seed=VAL_SEED, **CHARTS)  # a test split: high-quality references
+        post_seed, val_seed, pretrain_seed = generator_seeds(args.draw)
+        generate(post, n_train=args.n_train, n_test=args.n_test, seed=post_seed, quality=args.quality, **CHARTS)
+        generate(val, n_train=0, n_test=args.n_val, seed=val_seed, **CHARTS)  # a test split: high-quality references
         kinds = tuple(args.pretrain_kinds.split(","))
-        generate(pre, n_train=args.n_train, n_test=0, seed=PRETRAIN_SEED, kinds=kinds, **CHARTS)
+        generate(pre, n_train=args.n_train, n_test=0, seed=pretrain_seed, kinds=kinds, **CHARTS)
         answers_only = read_samples(pre / "train.jsonl")
         for sample in answers_only:
             sample.reference = ""
@@ -88,17 +117,17 @@ def weak_base(out: Path, train: Path, test: Path, pretrain: Path, args) -> Path:
     """The weak base's checkpoint. The tiny model is built with a tokenizer trained on the post-training texts
     (it must spell the reference traces), then learns answers alone on some question kinds (`dyme train`)."""
     final = out / "base" / "checkpoints" / f"step-{args.pretrain_steps:06d}"
+    built = out / "base-init"
+    recipe = recipe_toml(model=str(built), train=pretrain, test=test, out=out / "base", algorithm="sft",
+                         steps=args.pretrain_steps, lr=args.pretrain_lr, reuse_prompt=args.reuse_prompt)
+    write_once(out / "base.toml", provenance(args) + recipe)
     if final.is_dir():
         return final
-    built = out / "base-init"
     if not (built / "config.json").is_file():
         texts = [user_text(s, QUESTION) + " " + target_text(s, "Answer:") for s in read_samples(train)]
         build_tiny("smolvlm", built, ["User: Assistant:", *texts], TinyModel(**DEMO["model"]["tiny"]))
-    (out / "base.toml").write_text(recipe_toml(model=str(built), train=pretrain, test=test, out=out / "base",
-                                               algorithm="sft", steps=args.pretrain_steps, lr=3e-3,
-                                               reuse_prompt=args.reuse_prompt))
     print(f"weak base: {args.pretrain_steps} steps of answer-only SFT on {args.pretrain_kinds} questions", flush=True)
-    dyme("train", str(out / "base.toml"), quiet=True)
+    dyme("train", str(out / "base.toml"), portable=args.portable_cpu, quiet=True)
     return final
 
 
@@ -114,9 +143,15 @@ def main() -> None:
                         help="quality of the post-training reference traces")
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-kinds", default="value,largest,smallest")
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--reuse-prompt", action=argparse.BooleanOptionalAction, default=True,
                         help="[model].reuse_prompt; --no-reuse-prompt computes the same thing with other float "
                         "rounding, which shows how far rounding alone moves the figures")
+    parser.add_argument("--portable-cpu", action=argparse.BooleanOptionalAction, default=True,
+                        help="run under bench/rounding.py's PORTABLE_CPU kernel settings (the same figures on every "
+                        "x86-64 CPU with AVX2); --no-portable-cpu uses this machine's fastest kernels and threads")
+    parser.add_argument("--draw", type=int, default=0, help="which draw of the generated data (generator seeds "
+                        "offset by 1000 per draw): the spread of a result over its data")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=200)
@@ -127,12 +162,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train, val, test, pretrain = make_data(out, args)
     base = weak_base(out, train, test, pretrain, args)
-    (out / "compare.toml").write_text(recipe_toml(model=str(base), train=train, test=test, out=out / "unused",
-                                                  algorithm="dyme", steps=args.steps, lr=1e-3,  # --lrs decides
-                                                  reuse_prompt=args.reuse_prompt,
-                                                  eval_every=max(1, args.steps // 6)))
+    recipe = recipe_toml(model=str(base), train=train, test=test, out=out / "unused", algorithm="dyme",
+                         steps=args.steps, lr=1e-3,  # --lrs decides
+                         reuse_prompt=args.reuse_prompt, eval_every=max(1, args.steps // 6))
+    write_once(out / "compare.toml", provenance(args) + recipe)
     dyme("compare", str(out / "compare.toml"), "--methods", args.methods, "--seeds", args.seeds, "--lrs", args.lrs,
-         "--val", str(val), "--out", str(out / "compare"))
+         "--val", str(val), "--out", str(out / "compare"), portable=args.portable_cpu)
     print(f"setting: {args.quality}-quality traces; weak base = {args.pretrain_steps} answer-only SFT steps on "
           f"{args.pretrain_kinds}; {args.steps} steps x 32 prompts, K = {K}; total {time.perf_counter() - start:.0f} s")
 

@@ -1,0 +1,109 @@
+"""What makes a CPU run's numbers depend on the machine, and the kernel settings that remove the dependence.
+
+torch on x86 picks its kernels by what the CPU offers: ATen's vectorized kernels (AVX-512, AVX2 or none), oneDNN's
+primitives (up to AVX-512 and AMX) and MKL's BLAS branch, each with its own order of float operations, and it splits
+work by the thread count. So the same seed on another CPU, or with another number of threads, rounds differently,
+and a long run amplifies that into other figures (a weak base trained for 1,500 steps has ended anywhere from 20%
+to 45% held-out accuracy from rounding alone). This trains one short DyME run (the demo recipe, from a random tiny
+model) under each setting, one after the other in this invocation, and prints whether its weights equal those of
+the run under this machine's defaults, how far they are from them, and the time.
+
+PORTABLE_CPU pins all four: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL's compatible branch (the same code path
+on every x86 CPU, Intel or AMD: MKL's conditional numerical reproducibility) and two threads. Under it, every x86-64
+CPU with AVX2 (Intel since 2013, every AMD Zen) runs the same kernels in the same order, so a seed gives the same run.
+It does not cover CPUs without AVX2, ARM (Apple silicon, Graviton) or GPUs. bench/methods.py runs under it.
+
+    python bench/rounding.py [--out runs/bench-rounding] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from safetensors.torch import load_file  # noqa: E402
+
+from dyme_cli.prepare.synthetic_chart import generate  # noqa: E402
+from dyme_cli.recipe import recipe_from_dict, recipe_to_toml, tomllib  # noqa: E402
+
+#: The environment under which a CPU run computes the same numbers on every x86-64 CPU with AVX2.
+PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE",
+                "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+
+#: (setting, environment, [model] keys): each varies one thing from the machine's defaults, then the pinned ones.
+SETTINGS = [
+    ("this machine's defaults", {}, {}),
+    ("the same, again", {}, {}),
+    ("1 thread", {"OMP_NUM_THREADS": "1"}, {}),
+    ("ATen's AVX2 kernels", {"ATEN_CPU_CAPABILITY": "avx2"}, {}),
+    ("ATen without vector kernels", {"ATEN_CPU_CAPABILITY": "default"}, {}),
+    ("oneDNN capped at AVX2", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
+    ("MKL's compatible branch", {"MKL_CBWR": "COMPATIBLE"}, {}),
+    ("per-row update (shared_prefix = false)", {}, {"shared_prefix": False}),
+    ("PORTABLE_CPU", PORTABLE_CPU, {}),
+    ("PORTABLE_CPU, MKL capped at AVX2", {**PORTABLE_CPU, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {}),
+    ("PORTABLE_CPU, per-row update", PORTABLE_CPU, {"shared_prefix": False}),
+]
+
+
+def portable_env() -> dict[str, str]:
+    """This process's environment with PORTABLE_CPU in force."""
+    return {**os.environ, **PORTABLE_CPU}
+
+
+def recipe_for(out: Path, data: Path, steps: int, model_keys: dict) -> str:
+    raw = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"))
+    raw["run"].update(output_dir=str(out), save_every=steps, eval_before=False, eval_after=False)
+    raw["data"].update(train=str(data / "train.jsonl"), test=str(data / "test.jsonl"))
+    raw["train"]["max_steps"] = steps
+    raw["model"].update(model_keys)
+    return recipe_to_toml(recipe_from_dict(raw))
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(bool((a[k] == b[k]).all()) for k in b)
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-rounding"))
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    data = args.out / "data"
+    generate(data, n_train=256, n_test=8, seed=7, min_bars=3, max_bars=3, max_value=5)
+    print(f"{'setting':40} {'= defaults':>10} {'max |dw|':>9} {'= PORTABLE':>10} {'s':>6}")
+    kept: dict[str, dict] = {}
+    for i, (name, env, model_keys) in enumerate(SETTINGS):
+        out = args.out / f"run-{i}"
+        recipe = args.out / f"run-{i}.toml"
+        recipe.write_text(recipe_for(out, data, args.steps, model_keys))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dyme_cli.cli", "train", str(recipe)], check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, **env})
+        seconds = time.perf_counter() - start
+        kept[name] = load_file(out / "checkpoints" / f"step-{args.steps:06d}" / "model.safetensors")
+        defaults, portable = kept[SETTINGS[0][0]], kept.get("PORTABLE_CPU")
+        pinned = "-" if portable is None or name == "PORTABLE_CPU" else "yes" if same(kept[name], portable) else "no"
+        print(f"{name:40} {'yes' if same(kept[name], defaults) else 'no':>10} "
+              f"{largest_difference(kept[name], defaults):9.1e} {pinned:>10} {seconds:6.1f}", flush=True)
+    print(f"torch {__import__('torch').__version__}; {args.steps} DyME steps of recipes/demo.toml; "
+          f"'= defaults', 'max |dw|': against the first row; "
+          "'= PORTABLE': against the PORTABLE_CPU row")
+
+
+if __name__ == "__main__":
+    main()
