@@ -49,6 +49,11 @@ from rounding import portable_env  # noqa: E402  (bench/, this script's folder)
 
 POST_SEED, VAL_SEED, PRETRAIN_SEED = 101, 202, 303  # generator seeds: post-training + test, validation, pretraining
 CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
+#: The spread of the README's figures for the default setting (data draw 0, PORTABLE_CPU), as measured there
+#: (torch 2.14.1, 2-core CPU): printed beside them, since one run's figure is one draw of it.
+KNOWN_SPREAD = ("known spread (README, Quick start): over model seeds 0-2, DyME 38.2 +/- 1.4, SFT 60.2 +/- 5.5; "
+                "the same seed-0 run four times on one machine: DyME 48.5, 48.5, 46.5, 36.5 (a float drift being "
+                "tracked), SFT 54.5 twice; over data draws and CPU models: not measured")
 K = 4  # rollouts per prompt: with K = 2 the paper's threshold (t = 0.5) would be DyME's own rule
 DEMO = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"))
 
@@ -76,6 +81,13 @@ def dyme(*args: str, portable: bool, quiet: bool = False) -> None:
     print("$ dyme " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True,
                    stdout=subprocess.DEVNULL if quiet else None, env=portable_env() if portable else None)
+
+
+def readme_setting(args, parser: argparse.ArgumentParser) -> bool:
+    """Whether the benchmark runs the setting whose figures the README states (any seeds, methods, rates)."""
+    keys = ("quality", "steps", "pretrain_steps", "pretrain_kinds", "pretrain_lr", "draw", "portable_cpu",
+            "reuse_prompt", "n_train", "n_val", "n_test")
+    return all(getattr(args, key) == parser.get_default(key) for key in keys)
 
 
 def provenance(args) -> str:
@@ -168,6 +180,8 @@ def main() -> None:
     write_once(out / "compare.toml", provenance(args) + recipe)
     dyme("compare", str(out / "compare.toml"), "--methods", args.methods, "--seeds", args.seeds, "--lrs", args.lrs,
          "--val", str(val), "--out", str(out / "compare"), portable=args.portable_cpu)
+    if readme_setting(args, parser):
+        print(KNOWN_SPREAD)
     print(f"setting: {args.quality}-quality traces; weak base = {args.pretrain_steps} answer-only SFT steps on "
           f"{args.pretrain_kinds}; {args.steps} steps x 32 prompts, K = {K}; total {time.perf_counter() - start:.0f} s")
 
