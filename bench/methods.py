@@ -105,7 +105,7 @@ def write_once(path: Path, text: str) -> None:
     """Writes a recipe of this benchmark; one already there from other arguments stops it (its runs would be
     read back as if made by these)."""
     if path.is_file() and path.read_text(encoding="utf-8") != text:
-        sys.exit(f"{path} was written with other arguments (weak base, budget or kernels); give another --out")
+        sys.exit(f"{path} was written with other arguments (weak base, budget, kernels or data draw); give another --out")
     path.write_text(text, encoding="utf-8")
 
 
