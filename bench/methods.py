@@ -8,10 +8,10 @@ with imperfect reasoning traces. This builds that regime offline, then runs `dym
      choice and a test set, each from its own generator seed (--draw picks another draw of all three);
   2. a weak base: the tiny SmolVLM-architecture model (0.4M parameters), trained for --pretrain-steps at
      --pretrain-lr on answers alone ("Answer: 3", no reasoning) for the question kinds --pretrain-kinds only. By
-     default it answers the three kinds it learned (about 64% of the held-out questions, the paper's range for
-     SmolVLM) without reasoning, and none of the other two; `--pretrain-kinds value` makes a base that answers
-     little (about 20%). The rule was fixed on the validation set, under three float roundings, before any
-     post-training run;
+     default it answers the three kinds it learned without reasoning (61.5% of the test questions, 64.5% of the
+     validation ones: the paper's range for SmolVLM) and none of the other two; `--pretrain-kinds value` trains a
+     base that answers one kind only. The rule was fixed on the validation set, under three float roundings,
+     before any post-training run;
   3. `dyme compare`: every method from that base, same data, steps, prompts per step, K and optimizer; each
      method's learning rate chosen among --lrs on the validation set (seed 1000); then --seeds on the test set.
      It prints held-out accuracy, format rate and pseudo-thinking flag rates (mean ± sd over the seeds), mode
@@ -22,10 +22,10 @@ with imperfect reasoning traces. This builds that regime offline, then runs `dym
                             [--pretrain-kinds value,largest,smallest] [--draw 0] [--no-portable-cpu]
                             [--no-reuse-prompt]
 
-Every `dyme` it runs computes under bench/rounding.py's PORTABLE_CPU kernel settings, so a seed prints the same
-figures on every x86-64 CPU with AVX2. Finished runs are read back, so an interrupted benchmark continues where it
-stopped when rerun with the same arguments. The generator seeds below are this benchmark's own; nothing was tuned
-on them.
+Every `dyme` it runs computes under bench/rounding.py's PORTABLE_CPU kernel settings, so that every x86-64 CPU with
+AVX2 runs the same kernels (what that covers, and what not: bench/rounding.py). Finished runs are read back, so an
+interrupted benchmark continues where it stopped when rerun with the same arguments. The generator seeds below are
+this benchmark's own; nothing was tuned on them.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def recipe_toml(*, model: str, train: Path, test: Path, out: Path, algorithm: st
 
 
 def dyme(*args: str, portable: bool, quiet: bool = False) -> None:
-    """Runs `dyme ARGS`, under PORTABLE_CPU's kernel settings where `portable` (the same numbers on every x86-64
+    """Runs `dyme ARGS`, under PORTABLE_CPU's kernel settings where `portable` (the same kernels on every x86-64
     CPU with AVX2, bench/rounding.py)."""
     print("$ dyme " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True,
@@ -105,7 +105,8 @@ def write_once(path: Path, text: str) -> None:
     """Writes a recipe of this benchmark; one already there from other arguments stops it (its runs would be
     read back as if made by these)."""
     if path.is_file() and path.read_text(encoding="utf-8") != text:
-        sys.exit(f"{path} was written with other arguments (weak base, budget, kernels or data draw); give another --out")
+        sys.exit(f"{path} was written with other arguments (weak base, budget, kernels or data draw); "
+                 "give another --out")
     path.write_text(text, encoding="utf-8")
 
 
@@ -160,7 +161,7 @@ def main() -> None:
                         help="[model].reuse_prompt; --no-reuse-prompt computes the same thing with other float "
                         "rounding, which shows how far rounding alone moves the figures")
     parser.add_argument("--portable-cpu", action=argparse.BooleanOptionalAction, default=True,
-                        help="run under bench/rounding.py's PORTABLE_CPU kernel settings (the same figures on every "
+                        help="run under bench/rounding.py's PORTABLE_CPU kernel settings (the same kernels on every "
                         "x86-64 CPU with AVX2); --no-portable-cpu uses this machine's fastest kernels and threads")
     parser.add_argument("--draw", type=int, default=0, help="which draw of the generated data (generator seeds "
                         "offset by 1000 per draw): the spread of a result over its data")
