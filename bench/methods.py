@@ -52,8 +52,8 @@ CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
 #: The spread of the README's figures for the default setting (data draw 0, PORTABLE_CPU), as measured there
 #: (torch 2.14.1, 2-core CPU): printed beside them, since one run's figure is one draw of it.
 KNOWN_SPREAD = ("known spread (README, Quick start): over model seeds 0-2, DyME 38.2 +/- 1.4, SFT 60.2 +/- 5.5; "
-                "the same seed-0 run four times on one machine: DyME 48.5, 48.5, 46.5, 36.5 (a float drift being "
-                "tracked), SFT 54.5 twice; over data draws and CPU models: not measured")
+                "the same seed-0 run five times on one machine: DyME 48.5 (three quiet runs), 46.5, 36.5 (a float "
+                "drift being tracked), SFT 54.5 each time; over data draws and CPU models: not measured")
 K = 4  # rollouts per prompt: with K = 2 the paper's threshold (t = 0.5) would be DyME's own rule
 DEMO = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"))
 
