@@ -53,7 +53,9 @@ CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
 #: (torch 2.14.1, 2-core CPU): printed beside them, since one run's figure is one draw of it.
 KNOWN_SPREAD = ("known spread (README, Quick start): over model seeds 0-2, DyME 38.2 +/- 1.4, SFT 60.2 +/- 5.5; "
                 "the same seed-0 run five times on one machine: DyME 48.5 (three quiet runs), 46.5, 36.5 (a float "
-                "drift being tracked), SFT 54.5 each time; over data draws and CPU models: not measured")
+                "drift being tracked), SFT 54.5 each time; data draw 1: base 52.5, DyME 26.8 +/- 2.1, "
+                "SFT 54.5 +/- 2.2; "
+                "over CPU models: not measured")
 K = 4  # rollouts per prompt: with K = 2 the paper's threshold (t = 0.5) would be DyME's own rule
 DEMO = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"))
 
