@@ -52,7 +52,7 @@ CHARTS = {"min_bars": 3, "max_bars": 3, "max_value": 5}
 #: The spread of the README's figures for the default setting (data draw 0, PORTABLE_CPU), as measured there
 #: (torch 2.14.1, 2-core CPU): printed beside them, since one run's figure is one draw of it.
 KNOWN_SPREAD = ("known spread (README, Quick start): over model seeds 0-2, DyME 38.2 +/- 1.4, SFT 60.2 +/- 5.5; "
-                "the same seed-0 run five times on one machine: DyME 48.5 (three quiet runs), 46.5, 36.5 (a float "
+                "the same seed-0 run six times on one machine: DyME 48.5 (four quiet runs), 46.5, 36.5 (a float "
                 "drift being tracked), SFT 54.5 each time; data draw 1: base 52.5, DyME 26.8 +/- 2.1, "
                 "SFT 54.5 +/- 2.2; "
                 "over CPU models: not measured")

@@ -12,7 +12,7 @@ PORTABLE_CPU pins all four: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL's co
 on every x86 CPU, Intel or AMD: MKL's conditional numerical reproducibility) and two threads. Under it, every x86-64
 CPU with AVX2 (Intel since 2013, every AMD Zen) selects the same kernels. That has not been checked on a second CPU
 model: on one AMD EPYC with AVX-512, the pinned run kept its weights with MKL capped at AVX2 too, as on an AVX2-only
-CPU. It does not cover CPUs without AVX2, ARM (Apple silicon, Graviton) or GPUs, nor a drift seen in two of five
+CPU. It does not cover CPUs without AVX2, ARM (Apple silicon, Graviton) or GPUs, nor a drift seen in two of six
 runs of one DyME recipe (one while another process shared the CPU, one after six other runs in the same process),
 which is being tracked. bench/methods.py runs under it.
 
