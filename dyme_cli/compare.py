@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .dyme import METHODS, Mode, mean, phases, std
-from .errors import BadArgument
+from pydantic import ValidationError
+
+from .errors import BadArgument, validation_problem
 from .pseudo_thinking import flag_traces, load_traces
 from .recipe import Recipe, recipe_to_toml
 from .rundir import RunDir, checkpoint_step
@@ -109,6 +111,22 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+CHECKED_AS = {"--lrs": ("optim", "lr"), "--seeds": ("run", "seed"), "--selection-seed": ("run", "seed")}
+
+
+def check_values(recipe: Recipe, values: Mapping[str, Sequence[float]]) -> None:
+    """The comparison's learning rates and seeds (by option), validated as the recipe's [optim].lr and [run].seed
+    are: a value the runs' recipes would refuse is refused before the first run."""
+    for option, given in values.items():
+        name, key = CHECKED_AS[option]
+        section = getattr(recipe, name)
+        for value in given:
+            try:
+                type(section).model_validate({**section.model_dump(), key: value})
+            except ValidationError as exc:
+                raise BadArgument(f"{option} {value}: {validation_problem(exc)[1]}") from None
+
+
 def compare(
     recipe: Recipe,
     *,
@@ -130,6 +148,11 @@ def compare(
     method_lrs = dict(method_lrs or {})
     if method_lrs:
         check_methods(list(method_lrs))
+    check_values(recipe, {"--lrs": [*lrs, *method_lrs.values()], "--seeds": seeds,
+                          "--selection-seed": [selection_seed]})
+    if len(set(seeds)) < len(seeds):
+        raise BadArgument(f"--seeds {','.join(map(str, seeds))} repeats a seed: a repeated run adds nothing to the "
+                          "spread")
     if recipe.data.test is None:
         raise BadArgument("the recipe has no [data].test: the comparison scores every method on it")
     if not seeds:

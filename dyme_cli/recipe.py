@@ -34,6 +34,7 @@ SECRET_KEY = re.compile(r"(^|_)(key|apikey|token|secret|password|passwd|credenti
 Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "dvclive", "swanlab", "aim"]
 MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
 MAX_WORKERS = 256  # verifier processes
+MAX_CLIP = 10.0  # [train].epsilon(_high): a clip range wider than this clips nothing a real ratio reaches
 
 
 class _Section(BaseModel):
@@ -160,8 +161,8 @@ class TrainSection(_Section):
     std_eps: float = Field(1e-4, gt=0)
     reward_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
-    epsilon: float = Field(0.2, ge=0)
-    epsilon_high: Optional[float] = Field(None, ge=0, description="defaults to epsilon")
+    epsilon: float = Field(0.2, ge=0, le=MAX_CLIP, description="the ratio's clip range below 1")
+    epsilon_high: Optional[float] = Field(None, ge=0, le=MAX_CLIP, description="above 1; defaults to epsilon")
     num_iterations: int = Field(1, ge=1, description="mu: updates per batch of rollouts")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
     loss_scale: Literal["rollouts", "active_rows"] = Field(
@@ -181,6 +182,13 @@ class OptimSection(_Section):
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1, le=65536, description="rows per forward/backward")
+
+    @model_validator(mode="after")
+    def _decay_keeps_the_weights(self) -> "OptimSection":
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"weight_decay × lr = {self.weight_decay * self.lr:g} must be below 1: every step "
+                             "multiplies the weights by 1 - lr × weight_decay")
+        return self
 
 
 class VerifierSection(_Section):

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from . import processes
 from .checkpoint import save_checkpoint
 from .errors import UserError
 from .evaluate import EvalReport, evaluate, trace_writer
+from .optim import local
 from .recipe import Recipe
 from .rundir import METRICS_FILE, RunDir
 from .runstart import evolved_samples, quiet, start_run, tracked
@@ -42,6 +45,16 @@ class TrainingDiverged(UserError):
         since = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
         super().__init__(f"step {step}: the loss or gradient was not finite in {NONFINITE_LIMIT} steps in a row "
                          f"(those updates were skipped); lower [optim].lr or check the rewards; {since}")
+
+
+class WeightsNotFinite(UserError):
+    """An update whose loss and gradient were finite made a weight non-finite (an optimizer setting that overflows):
+    the run stops before any checkpoint can hold it."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        since = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(f"step {step}: the update made some weights non-finite though the loss and gradient were "
+                         f"finite; lower [optim].lr, weight_decay or betas; {since}, nothing later was saved")
 
 
 @dataclass
@@ -132,6 +145,8 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
         for step in range(start + 1, total + 1):
             outcome = dyme_step(engine, step)
             metrics = outcome.metrics
+            if processes.any_process(not weights_finite(engine.policy.model)):
+                raise WeightsNotFinite(step, result.checkpoint)
             if evaluates_at(recipe, step, total) and engine.test_samples:
                 report = run_eval(engine, step)
                 metrics.eval_accuracy, metrics.eval_format_rate = eval_scores(report)
@@ -159,6 +174,11 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
                     result.checkpoint = save_checkpoint(engine, run, step)
                 raise TrainingInterrupted(step, result.checkpoint, stop.signum or signal.SIGTERM)
     return result
+
+
+def weights_finite(model) -> bool:
+    """Whether every trained weight this process holds (its shards, under FSDP2) is finite."""
+    return all(bool(torch.isfinite(local(p.detach())).all()) for p in model.parameters() if p.requires_grad)
 
 
 def evaluates_at(recipe: Recipe, step: int, total: int) -> bool:

@@ -89,6 +89,13 @@ def _checkpoint_copy(x: Inputs) -> Path:
     return run
 
 
+def _written(folder: Path, name: str) -> Path:
+    """`folder` holding a file `name` from an earlier run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("{}\n")
+    return folder
+
+
 def _png(x: Inputs) -> bytes:
     return (x.chart / x.sample()["images"][0]).read_bytes()
 
@@ -190,6 +197,14 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("recipe-lr-nan", lambda x: ["train", str(x.recipe({"optim": {"lr": float("nan")}})), "--dry-run"], "[optim].lr: Input should be a finite number"),
     ("recipe-lr-huge", lambda x: ["train", str(x.recipe({"optim": {"lr": 5.0}})), "--dry-run"], "[optim].lr: Input should be less than or equal to 1"),
     ("recipe-lr-negative", lambda x: ["train", str(x.recipe({"optim": {"lr": -1e-4}})), "--dry-run"], "[optim].lr: Input should be greater than 0"),
+    ("recipe-weight-decay-overflows", lambda x: ["train", str(x.recipe({"optim": {"weight_decay": 1e300}})), "--dry-run"],
+     "[optim]: weight_decay × lr = 8e+295 must be below 1"),
+    ("recipe-weight-decay-zeroes", lambda x: ["train", str(x.recipe({"optim": {"lr": 0.5, "weight_decay": 2.0}})), "--dry-run"],
+     "weight_decay × lr = 1 must be below 1"),
+    ("recipe-epsilon-huge", lambda x: ["train", str(x.recipe({"train": {"epsilon": 1e308}})), "--dry-run"],
+     "[train].epsilon: Input should be less than or equal to 10"),
+    ("recipe-epsilon-high-huge", lambda x: ["train", str(x.recipe({"train": {"epsilon_high": 1e308}})), "--dry-run"],
+     "[train].epsilon_high: Input should be less than or equal to 10"),
     ("recipe-reward-weight-nan", lambda x: ["train", str(x.recipe({"train": {"reward_weights": {"accuracy": float("nan")}}})),
                                             "--dry-run"], "[train.reward_weights].accuracy: Input should be a finite number"),
     ("recipe-beta2-one", lambda x: ["train", str(x.recipe({"optim": {"betas": [0.9, 1.0]}})), "--dry-run"], "[optim.betas].1: Input should be less than 1"),
@@ -310,7 +325,23 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
                                                   "--prompt-template", "Look."], "--prompt-template must contain {question}"),
     ("prepare-negative-count", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--n-train", "-5"], "n_train and n_test must be at least 0"),
     ("prepare-bad-bars", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--max-bars", "9"], "bars must satisfy"),
+    ("prepare-out-holds-a-dataset", lambda x: ["prepare", "synthetic-chart", "--out", str(_written(x.tmp / "p", "train.jsonl"))],
+     "already holds train.jsonl: pass --overwrite to replace it"),
+    ("prepare-convert-out-holds-the-split", lambda x: ["prepare", "jsonl", "--input", str(x.dataset([x.sample()])), "--map",
+     "question=question,answer=answer", "--out", str(_written(x.tmp / "p", "train.jsonl"))], "already holds train.jsonl"),
+    ("prepare-refine-into-its-own-folder", lambda x: ["prepare", "refine", "--input", str(x.dataset([x.sample()])), "--out",
+     str(x.tmp / "data"), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"], "is the folder of --input"),
     ("compare-bad-lr", lambda x: ["compare", str(x.recipe()), "--lrs", "fast"], "--lrs"),
+    ("compare-lr-inf", lambda x: ["compare", str(x.recipe()), "--lrs", "inf", "--out", str(x.tmp / "c")],
+     "--lrs inf: Input should be a finite number"),
+    ("compare-lr-negative", lambda x: ["compare", str(x.recipe()), "--lrs=-1", "--out", str(x.tmp / "c")],
+     "--lrs -1.0: Input should be greater than 0"),
+    ("compare-fixed-lr-too-large", lambda x: ["compare", str(x.recipe()), "--lrs", "dyme=5", "--out", str(x.tmp / "c")],
+     "--lrs 5.0: Input should be less than or equal to 1"),
+    ("compare-seed-huge", lambda x: ["compare", str(x.recipe()), "--seeds", "99999999999999999999", "--out", str(x.tmp / "c")],
+     "--seeds 99999999999999999999: Input should be less than or equal to 4294967295"),
+    ("compare-seeds-repeated", lambda x: ["compare", str(x.recipe()), "--seeds", "0,0", "--out", str(x.tmp / "c")],
+     "--seeds 0,0 repeats a seed"),
 ]
 
 

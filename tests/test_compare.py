@@ -161,3 +161,28 @@ def test_compare_command_prints_what_compare_json_holds(tmp_path, chart_data):
         mean, sd = summary["accuracy"]
         assert f"{100 * mean:.1f} ± {100 * sd:.1f}" in result.output
     assert "mean ± sd over 2 seeds" in result.output
+
+
+def test_bench_real_compare_renders_the_charts_as_text_a_verifier_still_scores(tmp_path):
+    """bench/real_compare.py's task for a text-only model: every bar's value is written into the question, the
+    image is gone, the gold answer and the facts the flags read stay; the warm-up set keeps answers only."""
+    import re
+
+    import real_compare
+    from dyme_cli.data import read_samples, target_text
+    from dyme_cli.plugins import load_verifier
+    from dyme_cli.prepare.synthetic_chart import generate
+
+    generate(tmp_path / "charts", n_train=12, n_test=0, seed=3, quality="medium", min_bars=3, max_bars=3, max_value=5)
+    charts = read_samples(tmp_path / "charts" / "train.jsonl")
+    text = read_samples(real_compare.as_text(tmp_path / "charts" / "train.jsonl", tmp_path / "text.jsonl"))
+    answers = read_samples(real_compare.as_text(tmp_path / "charts" / "train.jsonl", tmp_path / "answers.jsonl",
+                                                answers_only=True))
+    verifier = load_verifier("chart")
+    for chart, sample, answer_only in zip(charts, text, answers, strict=True):
+        stated = dict(re.findall(r"(\w+) (\d+)[,.]", sample.question.split(". ")[0] + "."))
+        assert {bar: int(v) for bar, v in stated.items()} == chart.facts["values"]
+        assert sample.question.endswith(chart.question) and sample.images == [] and sample.facts == chart.facts
+        assert (sample.answer, sample.reference) == (chart.answer, chart.reference)
+        assert verifier.verify(target_text(sample, "Answer:"), sample).correct
+        assert answer_only.reference == "" and answer_only.answer == chart.answer

@@ -167,7 +167,7 @@ def test_math_from_a_jsonl_file_with_task_override(tmp_path):
     ]
     assert "skipped 1 rows (no \\boxed{} answer: 1)" in _text(result)
 
-    samples, _ = _converted(_prepare("math", source, out, "--task", "math-strict"), out / "train.jsonl")
+    samples, _ = _converted(_prepare("math", source, out, "--task", "math-strict", "--overwrite"), out / "train.jsonl")
     assert [s["task"] for s in samples] == ["math-strict", "math-strict"]
 
 

@@ -168,6 +168,41 @@ def test_a_streak_of_non_finite_updates_stops_the_run_with_one_line(tmp_path, ch
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2 + NONFINITE_LIMIT
 
 
+def test_an_update_that_makes_a_weight_non_finite_stops_the_run_before_any_checkpoint_holds_it(
+        tmp_path, chart_data, monkeypatch):
+    """A finite loss and gradient, and still an overflowing optimizer update (here: step 2 writes an infinity into
+    one weight after AdamW's step): the run stops with one line at that step, and every checkpoint is finite."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from dyme_cli.recipe import recipe_to_toml
+
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=4)
+    recipe.run.save_every = 1
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text(recipe_to_toml(recipe))
+    steps = {"n": 0}
+
+    def overflow(optimizer, args, kwargs):
+        steps["n"] += 1
+        if steps["n"] == 2:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+
+    handle = register_optimizer_step_post_hook(overflow)
+    try:
+        result = runner.invoke(app, ["train", str(recipe_file)])
+    finally:
+        handle.remove()
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    message = " ".join(result.output.split())
+    assert "step 2: the update made some weights non-finite though the loss and gradient were finite" in message
+    assert "step-000001" in message, message
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert [c.name for c in checkpoints] == ["step-000001"]
+    assert all(torch.isfinite(t).all() for t in _weights(checkpoints[0]).values())
+
+
 def test_resuming_a_finished_run_says_so_instead_of_showing_an_empty_bar(tmp_path, chart_data):
     from dyme_cli.recipe import recipe_to_toml
 

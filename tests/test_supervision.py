@@ -202,7 +202,7 @@ def test_the_refiner_and_prepare_refine_through_a_real_server_resume_from_their_
     assert len(cache) == 3 and {c["template"] for c in cache} == {template_version(refiner_for(_section(llm_server), None, "Answer:").template)}
     for sample, record in zip(refined, cache):  # accepted ones replaced the reference, rejected ones kept it
         assert (sample.reference == record["reference"]) == (record["status"] == "accepted")
-    second = CliRunner().invoke(app, args)
+    second = CliRunner().invoke(app, [*args, "--overwrite"])  # the finished output is only replaced when asked
     assert "3 of them from the cache" in " ".join(second.output.split())
 
 

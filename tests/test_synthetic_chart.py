@@ -103,3 +103,20 @@ def test_the_prepare_command_writes_the_dataset(tmp_path):
     assert result.exit_code == 0, result.output
     assert "wrote 5 train and 2 test samples" in result.output
     assert len(read_samples(tmp_path / "d" / "train.jsonl")) == 5 and len(read_samples(tmp_path / "d" / "test.jsonl")) == 2
+
+
+def test_the_prepare_command_replaces_a_dataset_only_when_asked(tmp_path):
+    from typer.testing import CliRunner
+
+    from dyme_cli.cli import app
+    from dyme_cli.data import read_samples
+
+    args = ["prepare", "synthetic-chart", "--out", str(tmp_path / "d"), "--n-test", "2", "--min-bars", "3",
+            "--max-bars", "3"]
+    assert CliRunner().invoke(app, [*args, "--n-train", "5"]).exit_code == 0
+    before = (tmp_path / "d" / "train.jsonl").read_bytes()
+    refused = CliRunner().invoke(app, [*args, "--n-train", "3"])
+    assert refused.exit_code == 2 and "already holds train.jsonl, test.jsonl" in " ".join(refused.output.split())
+    assert (tmp_path / "d" / "train.jsonl").read_bytes() == before
+    assert CliRunner().invoke(app, [*args, "--n-train", "3", "--overwrite"]).exit_code == 0
+    assert len(read_samples(tmp_path / "d" / "train.jsonl")) == 3

@@ -37,7 +37,19 @@ def _kinds(text: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
-def _write(generate, out: Path, **settings) -> None:
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace the dataset files already in --out.")
+
+
+def _fresh(out: Path, names: list[str], overwrite: bool) -> None:
+    """Refuses to write over a dataset file already in `out` unless `overwrite`."""
+    there = [name for name in names if (out / name).exists()]
+    if there and not overwrite:
+        raise BadArgument(f"--out {out} already holds {', '.join(there)}: pass --overwrite to replace "
+                          f"{'them' if len(there) > 1 else 'it'}, or choose another folder")
+
+
+def _write(generate, out: Path, overwrite: bool, **settings) -> None:
+    _fresh(out, ["train.jsonl", "test.jsonl"], overwrite)
     counts = generate(out, **settings)
     console.print(f"wrote {counts['train']} train and {counts['test']} test samples to {out}")
 
@@ -56,14 +68,15 @@ def prepare_synthetic_chart(
     kinds: str = typer.Option(
         "value,largest,smallest,difference,sum", "--kinds", help="Comma-separated question kinds to draw from."
     ),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Render synthetic bar charts with questions, gold answers and reference traces."""
     from ..prepare.synthetic_chart import generate
 
     if reference_quality not in ("high", "medium", "low"):
         raise BadArgument(f"--reference-quality must be high, medium or low, not '{reference_quality}'")
-    _write(generate, out, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality, min_bars=min_bars,
-           max_bars=max_bars, max_value=max_value, image_size=image_size, kinds=_kinds(kinds))
+    _write(generate, out, overwrite, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality,
+           min_bars=min_bars, max_bars=max_bars, max_value=max_value, image_size=image_size, kinds=_kinds(kinds))
 
 
 @app.command("synthetic-math")
@@ -76,11 +89,13 @@ def prepare_synthetic_math(
     min_steps: int = typer.Option(2, "--min-steps", help="Fewest arithmetic operations in a problem (2-6)."),
     max_steps: int = typer.Option(4, "--max-steps", help="Most arithmetic operations in a problem (2-6)."),
     max_number: int = typer.Option(50, "--max-number", help="Largest number in a problem, its steps and answer."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Write GSM8K-style multi-step arithmetic word problems with step-by-step reference traces."""
     from ..prepare.synthetic_math import generate
 
-    _write(generate, out, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality, min_steps=min_steps,
+    _write(generate, out, overwrite, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality,
+           min_steps=min_steps,
            max_steps=max_steps, max_number=max_number)
 
 
@@ -95,11 +110,13 @@ def prepare_synthetic_medvqa(
     kinds: str = typer.Option(
         "abnormality,count,side,location", "--kinds", help="Comma-separated question kinds to draw from."
     ),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Render phantom scans (an organ with 0-3 bright lesions) with medical VQA questions and reference traces."""
     from ..prepare.synthetic_medvqa import generate
 
-    _write(generate, out, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality, image_size=image_size,
+    _write(generate, out, overwrite, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality,
+           image_size=image_size,
            kinds=_kinds(kinds))
 
 
@@ -125,7 +142,8 @@ def _summary(report: Report) -> str:
     return line + (f"; {report.note}" if report.note else "")
 
 
-def _run(source: str, input_: str, out: Path, opts: Options) -> None:
+def _run(source: str, input_: str, out: Path, opts: Options, overwrite: bool) -> None:
+    _fresh(out, [f"{opts.split}.jsonl"], overwrite)
     report = convert_source(SOURCES[source], input_, out, opts)
     console.print(_summary(report), markup=False, highlight=False, soft_wrap=True)
 
@@ -136,9 +154,9 @@ def _register(name: str) -> None:
 
     def command(
         input_: InputOption, out: OutOption, split: SplitOption = "train", limit: LimitOption = None,
-        task: TaskOption = None,
+        task: TaskOption = None, overwrite: bool = OVERWRITE,
     ) -> None:
-        _run(name, input_, out, Options(split=split, limit=limit, task=task))
+        _run(name, input_, out, Options(split=split, limit=limit, task=task), overwrite)
 
     app.command(name, help=f"{source.help} Task: {source.task}.")(command)
 
@@ -152,8 +170,9 @@ def prepare_slake(
     input_: InputOption, out: OutOption, split: SplitOption = "train", limit: LimitOption = None,
     task: TaskOption = None,
     all_languages: bool = typer.Option(False, "--all-languages", help="Keep non-English (q_lang != en) questions."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
-    _run("slake", input_, out, Options(split=split, limit=limit, task=task, all_languages=all_languages))
+    _run("slake", input_, out, Options(split=split, limit=limit, task=task, all_languages=all_languages), overwrite)
 
 
 @app.command("jsonl", help=SOURCES["jsonl"].help)
@@ -165,8 +184,10 @@ def prepare_jsonl(
         ..., "--map", help="Schema field = source field, comma-separated: question=q,answer=a[,image=img,"
         "reference=r,id=i,task=t]. Image paths are relative to the JSONL's folder; unmapped fields go to meta.",
     ),
+    overwrite: bool = OVERWRITE,
 ) -> None:
-    _run("jsonl", input_, out, Options(split=split, limit=limit, task=task, field_map=parse_field_map(field_map)))
+    _run("jsonl", input_, out, Options(split=split, limit=limit, task=task, field_map=parse_field_map(field_map)),
+         overwrite)
 
 
 @app.command("refine")
@@ -182,6 +203,7 @@ def prepare_refine(
         "--api-key-env", help="Environment variable holding the API key (the key itself is never an option).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Requests in flight.")] = 8,
     timeout_s: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per request.")] = 60.0,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Write a reference trace for every sample with an LLM (the refiner), keeping the original where the refined one
     concludes another answer or states values the facts do not give. Interrupted, it goes on where it stopped."""
@@ -192,6 +214,10 @@ def prepare_refine(
     from ..supervision import refiner_for
     from ..ui import image_check_progress, progress_bar
 
+    if out.resolve() == input_.resolve().parent:
+        raise BadArgument(f"--out {out} is the folder of --input: the refined dataset would replace the one it is "
+                          "refined from; choose another folder")
+    _fresh(out, [input_.name], overwrite)
     with image_check_progress() as on_progress:
         samples = read_samples(input_, on_progress=on_progress)
     section = SupervisionSection(refiner="llm", base_url=base_url, model=model, api_key_env=api_key_env,
