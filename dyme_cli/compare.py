@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .dyme import METHODS, Mode, mean, phases, std
 from pydantic import ValidationError
 
+from .dyme import METHODS, Mode, mean, phases, std
 from .errors import BadArgument, validation_problem
 from .pseudo_thinking import flag_traces, load_traces
 from .recipe import Recipe, recipe_to_toml

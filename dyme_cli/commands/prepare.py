@@ -95,8 +95,7 @@ def prepare_synthetic_math(
     from ..prepare.synthetic_math import generate
 
     _write(generate, out, overwrite, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality,
-           min_steps=min_steps,
-           max_steps=max_steps, max_number=max_number)
+           min_steps=min_steps, max_steps=max_steps, max_number=max_number)
 
 
 @app.command("synthetic-medvqa")
@@ -116,8 +115,7 @@ def prepare_synthetic_medvqa(
     from ..prepare.synthetic_medvqa import generate
 
     _write(generate, out, overwrite, n_train=n_train, n_test=n_test, seed=seed, quality=reference_quality,
-           image_size=image_size,
-           kinds=_kinds(kinds))
+           image_size=image_size, kinds=_kinds(kinds))
 
 
 InputOption = Annotated[str, typer.Option(
