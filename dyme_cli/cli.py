@@ -3,7 +3,9 @@ user error the engine raises into one line and exit code 2."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -11,25 +13,31 @@ import typer
 from typer.core import TyperGroup
 
 from .commands import compare, eval as eval_cmd, export, inspect, prepare, train, verifiers
-from .errors import UserError, UserFacingWarning, first_line
+from .errors import Interrupted, UserError, UserFacingWarning, first_line, interrupt_exit_code
 from .ui import fail, note
 
 
 class _Commands(TyperGroup):
     """The root group: a UserError from any command is one line on stderr and exit code 2, never a traceback; so is
-    an OSError about a path (a directory where a file is expected, a file's child, no permission, a full disk)."""
+    an OSError about a path (a directory where a file is expected, a file's child, no permission, a full disk).
+    SIGTERM and SIGHUP stop a command as Ctrl-C does (each command keeps what it finished), with one line and the
+    signal's exit code."""
 
     def invoke(self, ctx):
         finished = False
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
+                _stop_signals_interrupt()
                 result = super().invoke(ctx)
                 finished = True
                 return result
             except (typer.Exit, click.exceptions.Exit):  # an exit code of the command's own (a stopped run)
                 finished = True
                 raise
+            except KeyboardInterrupt as exc:
+                fail(f"stopped by {exc.args[0] if isinstance(exc, Interrupted) else 'Ctrl-C'}",
+                     interrupt_exit_code(exc))
             except UserError as exc:
                 fail(str(exc))
             except OSError as exc:
@@ -41,6 +49,20 @@ class _Commands(TyperGroup):
                     from .processes import leave
 
                     leave(finished)
+
+
+def _stop_signals_interrupt() -> None:
+    """SIGTERM and SIGHUP raise Interrupted in the main thread (`dyme train` handles them itself during its steps);
+    a signal the process was told to ignore (SIGHUP under `nohup`) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
 
 
 _library_showwarning = warnings.showwarning

@@ -27,6 +27,11 @@ class DataError(UserError, ValueError):
 
 
 MAX_TEXT_CHARS = 100_000  # a question, answer or reference longer than this is not one sample's text (tokenizers choke)
+MAX_ANSWER_CHARS = 4096  # a gold answer is what follows the answer flag: a value, a label, an expression
+#: What the supported processors expand into image (or video) tokens: in a sample's text it would ask for an image
+#: the sample does not give, and the processor refuses the prompt (or, worse, places an image where text was).
+IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<video>",
+                      "<fake_token_around_image>", "<global-img>", "<|image|>")
 
 
 class Sample(BaseModel):
@@ -41,7 +46,7 @@ class Sample(BaseModel):
     id: str = Field(..., min_length=1)
     task: str = Field(..., description="name of the verifier that scores this sample")
     question: str = Field(..., max_length=MAX_TEXT_CHARS)
-    answer: str = Field(..., max_length=MAX_TEXT_CHARS)
+    answer: str = Field(..., max_length=MAX_ANSWER_CHARS)
     images: list[str] = []
     reference: str = Field("", max_length=MAX_TEXT_CHARS)
     facts: dict[str, Any] = {}
@@ -54,6 +59,15 @@ class Sample(BaseModel):
         if not answer.strip():
             raise ValueError("the gold answer is empty: nothing could be verified against it")
         return answer
+
+    @field_validator("question", "reference")
+    @classmethod
+    def _no_image_placeholder(cls, text: str) -> str:
+        found = next((token for token in IMAGE_PLACEHOLDERS if token in text), None)
+        if found:
+            raise ValueError(f"contains {found!r}, a processor's image placeholder; a sample's images are named in "
+                             "'images', and the prompt places them itself")
+        return text
 
     def image_paths(self) -> list[Path]:
         base = self.root or Path(".")
@@ -135,6 +149,8 @@ def _parsed_lines(path: Path) -> list[tuple[str, Sample]]:
     for lineno, record in jsonl_records(path, "dataset"):
         where = f"{path}:{lineno}"
         sample = validate_sample(record, where)
+        if not sample.question.strip():
+            raise DataError(f"{where}: field 'question': the question is empty: the prompt would ask nothing")
         if sample.id in first_line_of:  # prompts are cached and traced by id: a second one would train the wrong pair
             raise DataError(f"{where}: field 'id': '{sample.id}' is already the id of line {first_line_of[sample.id]}")
         first_line_of[sample.id] = lineno
@@ -323,13 +339,27 @@ def _utf8(raw: bytes, where: str) -> str:
 
 def _json_object(line: str, where: str) -> dict:
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_without_repeats)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # a repeated key; an integer of more digits than Python converts
+        problem = ("a number of more digits than can be read (at most 4300)" if "integer string conversion" in str(exc)
+                   else first_line(exc))
+        raise DataError(f"{where}: {problem}") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object")
+    return record
+
+
+def _without_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refused when a key appears twice (JSON parsers disagree on which value wins)."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {repeated!r} appears twice in one object")
     return record
 
 

@@ -7,6 +7,8 @@ traceback.
 
 from __future__ import annotations
 
+import signal
+
 from pydantic import ValidationError
 
 
@@ -20,6 +22,20 @@ class UserFacingWarning(UserWarning):
 
 class BadArgument(UserError, ValueError):
     """A command argument or option that cannot be used (out of range, malformed)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGTERM from a scheduler or `timeout`, SIGHUP from a closed terminal) raised where Ctrl-C's
+    KeyboardInterrupt would be, so that every command stops on it as on Ctrl-C: what it finished kept, one line."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """The shell's convention for a process ended by a signal: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def first_line(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from safetensors import SafetensorError
 
 from .data import Sample, chat_messages
 from .errors import UserError, first_line
@@ -152,8 +154,11 @@ def load_policy(
                                             **extra)
         if base is not None:
             model = _load_adapter(model, name_or_path, merge=merge_adapter)
-    except (OSError, ValueError, ImportError) as exc:
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {hub_only(name_or_path)}{first_line(exc)}") from None
+    except (OSError, ValueError, ImportError, EOFError, struct.error, SafetensorError) as exc:
+        # a missing or damaged file: a truncated safetensors (SafetensorError) or GGUF (struct.error, EOFError)
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {hub_only(name_or_path)}"
+                             f"{type(exc).__name__ + ': ' if isinstance(exc, (struct.error, EOFError)) else ''}"
+                             f"{first_line(exc)}") from None
     except pickle.UnpicklingError:  # transformers loads .bin weights with torch.load(weights_only=True)
         raise ModelLoadError(f"cannot load model '{name_or_path}': refused: a weights file holds objects other than "
                              "tensors, which could run code when loaded") from None

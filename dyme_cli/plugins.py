@@ -4,12 +4,18 @@ The built-in verifiers are registered in that group exactly as a third-party pac
 so the engine has one path for all of them. A verifier class has `name` and `description`, is constructed
 with `answer_flag=...` plus its options from the recipe's `[verifier.options.NAME]` table (validated
 against the constructor's annotations), and has `verify(completion: str, sample) -> Verdict`.
+
+A plugin is third-party code: its import and its constructor run in a child process under a deadline (like its
+verify calls, verify_pool.py), so that one that hangs, exits the process or crashes the interpreter is a one-line
+error instead of a command that never ends or ends without a word.
 """
 
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -21,6 +27,7 @@ from .errors import UserError, UserFacingWarning, first_line, validation_problem
 from .recipe import env_variable
 
 GROUP = "dyme.verifiers"
+START_DEADLINE_S = 120.0  # importing and constructing the verifiers a command uses, or listing them all
 
 
 class VerifierError(UserError, LookupError):
@@ -56,15 +63,30 @@ def _origin(entry_point: EntryPoint) -> str:
     return f"{dist.name if dist else '?'} ({entry_point.value})"
 
 
-def plugin_info(entry_point: EntryPoint) -> PluginInfo:
-    dist = entry_point.dist
-    package, version = (dist.name, dist.version) if dist else ("?", "?")
-    try:
-        cls = entry_point.load()
-        defaults = {name: p.default for name, p in _option_parameters(cls).items()}
-    except Exception as exc:  # a broken third-party package must not break the listing
-        return PluginInfo(entry_point.name, package, version, "", {}, f"{type(exc).__name__}: {exc}")
-    return PluginInfo(entry_point.name, package, version, getattr(cls, "description", ""), defaults)
+def plugin_infos() -> list[PluginInfo]:
+    """What `dyme verifiers list` shows about every installed verifier, sorted by name; the plugins' modules are
+    imported in a child process (in_child)."""
+    found = sorted(installed_verifiers().items())
+    described = in_child(_describe, [ep.value for _, ep in found], what="listing the installed verifiers")
+    infos = []
+    for (name, entry_point), (description, options, error) in zip(found, described):
+        dist = entry_point.dist
+        package, version = (dist.name, dist.version) if dist else ("?", "?")
+        infos.append(PluginInfo(name, package, version, description, options, error))
+    return infos
+
+
+def _describe(values: list[str]) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(description, option defaults, why it cannot be loaded) of each entry point `module:Class`."""
+    described = []
+    for value in values:
+        try:
+            cls = EntryPoint(name="", value=value, group=GROUP).load()
+            defaults = {name: p.default for name, p in _option_parameters(cls).items()}
+            described.append((getattr(cls, "description", ""), defaults, None))
+        except Exception as exc:  # a broken third-party package must not break the listing
+            described.append(("", {}, f"{type(exc).__name__}: {exc}"))
+    return described
 
 
 def load_verifier(name: str, answer_flag: str = "Answer:", options: dict | None = None):
@@ -101,9 +123,62 @@ def load_verifiers(tasks: Iterable[str] | Mapping[str, str], answer_flag: str, o
         if task in used_at:
             raise VerifierError(f"{used_at[task]}: field 'task': {_unknown(task, available)}")
     for name in sorted(set(options) - tasks):
-        if name not in installed_verifiers():
+        if name not in available:
             raise VerifierError(f"[verifier.options.{name}]: unknown verifier '{name}'")
-    return {task: load_verifier(task, answer_flag, options.get(task)) for task in sorted(tasks)}
+    for name in sorted(tasks):  # secrets are resolved here, so that the child is given values, not variable names
+        from_environment(name, options.get(name, {}))
+    return in_child(_construct, sorted(tasks), answer_flag, options,
+                    what=f"starting the verifiers {', '.join(sorted(tasks))}")
+
+
+def _construct(tasks: list[str], answer_flag: str, options: dict[str, dict]) -> dict[str, Any]:
+    return {task: load_verifier(task, answer_flag, options.get(task)) for task in tasks}
+
+
+def in_child(function, *args, what: str, timeout_s: float | None = None):
+    """`function(*args)` run in a new child process and its result sent back (so it must be picklable, as verifiers
+    must be for their worker processes). VerifierError, one line naming `what`, when it raises, takes longer than
+    `timeout_s` (default START_DEADLINE_S) or ends the child without an answer."""
+    timeout_s = START_DEADLINE_S if timeout_s is None else timeout_s
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_answer, args=(sender, function, args), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout_s):
+            raise VerifierError(f"{what}: no answer within {timeout_s:g} s (a verifier plugin whose import or "
+                                "constructor does not return?)")
+        try:
+            succeeded, value = receiver.recv()
+        except (EOFError, OSError):
+            child.join(5)
+            raise VerifierError(f"{what}: the process ended (exit code {child.exitcode}) without an answer (a "
+                                "verifier plugin that exits or crashes the interpreter?)") from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+    if not succeeded:
+        raise VerifierError(value)
+    return value
+
+
+def _answer(sender, function, args) -> None:
+    """The child's side of in_child: (True, result) or (False, one line) back to the parent."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the parent stops on them, and kills this process
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        answer = (True, function(*args))
+    except UserError as exc:
+        answer = (False, str(exc))
+    except BaseException as exc:  # noqa: BLE001 (a plugin's SystemExit or KeyboardInterrupt too)
+        answer = (False, f"{type(exc).__name__}: {first_line(exc)}")
+    try:
+        sender.send(answer)
+    except Exception as exc:  # noqa: BLE001
+        sender.send((False, f"the result cannot be sent back (verifiers must be picklable): {first_line(exc)}"))
 
 
 def from_environment(name: str, options: dict) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .dyme import ALGORITHMS
 from .data import QUESTION, BadImages, Samples, instruction_template, read_samples
-from .errors import UserError, first_line, validation_problem
+from .errors import BadArgument, UserError, first_line, validation_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,25 +45,30 @@ class _Section(BaseModel):
 
 
 class TinyModel(_Section):
-    """Size of the embedded models (`name_or_path = "tiny:<family>"`), built from a config, random init."""
+    """Size of the embedded models (`name_or_path = "tiny:<family>"`), built from a config, random init. The
+    bounds keep them tiny: a larger model is a checkpoint, not a shape in a recipe."""
 
-    vocab_size: int = Field(512, ge=64)
-    hidden_size: int = Field(64, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(128, ge=8)
-    vision_hidden_size: int = Field(64, ge=8)
-    vision_layers: int = Field(2, ge=1)
-    vision_heads: int = Field(4, ge=1)
-    image_size: int = Field(48, ge=8)
-    patch_size: int = Field(8, ge=1)
-    scale_factor: int = Field(2, ge=1)
+    vocab_size: int = Field(512, ge=64, le=65536)
+    hidden_size: int = Field(64, ge=8, le=2048)
+    num_layers: int = Field(2, ge=1, le=48)
+    num_heads: int = Field(4, ge=1, le=64)
+    intermediate_size: int = Field(128, ge=8, le=8192)
+    vision_hidden_size: int = Field(64, ge=8, le=2048)
+    vision_layers: int = Field(2, ge=1, le=48)
+    vision_heads: int = Field(4, ge=1, le=64)
+    image_size: int = Field(48, ge=8, le=1024)
+    patch_size: int = Field(8, ge=1, le=1024)
+    scale_factor: int = Field(2, ge=1, le=16)
 
     @model_validator(mode="after")
     def _patches_fit(self) -> "TinyModel":
         grid = self.image_size // self.patch_size
         if self.image_size % self.patch_size or grid % self.scale_factor:
             raise ValueError("image_size must be a multiple of patch_size * scale_factor")
+        for width, heads, names in ((self.hidden_size, self.num_heads, "hidden_size and num_heads"),
+                                    (self.vision_hidden_size, self.vision_heads, "vision_hidden_size and vision_heads")):
+            if width % heads or (width // heads) % 2:
+                raise ValueError(f"{names}: the width must split into heads of an even size (rotary embeddings)")
         return self
 
 
@@ -141,8 +147,8 @@ class RolloutSection(_Section):
     num_generations: int = Field(8, ge=2, le=1024, description="K rollouts per prompt")
     temperature: float = Field(1.0, gt=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0: off")
-    repetition_penalty: float = Field(1.0, gt=0, description="1.0: off")
+    top_k: int = Field(0, ge=0, le=1_000_000, description="0: off")
+    repetition_penalty: float = Field(1.0, gt=0, le=100, description="1.0: off")
     max_new_tokens: int = Field(300, ge=1, le=1_000_000, description="checked against the model's context length")
     prompts_per_generate: int = Field(8, ge=1, le=65536, description="prompts per generate() call")
     backend: Literal["transformers"] = Field(
@@ -158,13 +164,13 @@ class TrainSection(_Section):
     prompts_per_step: int = Field(32, ge=1, le=65536)
     all_correct: Literal["skip", "explore"] = "skip"
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    std_eps: float = Field(1e-4, gt=0)
+    std_eps: float = Field(1e-4, gt=0, le=1)
     reward_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     epsilon: float = Field(0.2, ge=0, le=MAX_CLIP, description="the ratio's clip range below 1")
     epsilon_high: Optional[float] = Field(None, ge=0, le=MAX_CLIP, description="above 1; defaults to epsilon")
-    num_iterations: int = Field(1, ge=1, description="mu: updates per batch of rollouts")
-    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    num_iterations: int = Field(1, ge=1, le=64, description="mu: updates per batch of rollouts")
+    beta: float = Field(0.0, ge=0, le=100, description="KL coefficient; 0 loads no reference model")
     loss_scale: Literal["rollouts", "active_rows"] = Field(
         "rollouts", description="what the loss averages over: every row of the step (B*K rollouts, the authors' "
         "scale) or only the rows with a non-zero advantage")
@@ -178,9 +184,9 @@ class OptimSection(_Section):
     lr: float = Field(8e-5, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=10_000_000)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     micro_batch_size: int = Field(8, ge=1, le=65536, description="rows per forward/backward")
 
     @model_validator(mode="after")
@@ -243,7 +249,8 @@ class SupervisionSection(_Section):
     base_url: Optional[str] = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     model: Optional[str] = Field(None, description="the served model's name")
     api_key_env: Optional[str] = Field(None, description="environment variable holding the API key (never the key)")
-    timeout_s: float = Field(60.0, gt=0, le=3600, description="per request")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="per try of a request (the longest wait for a byte); "
+                             "a request ends within (1 + max_retries) x timeout_s + 8 s per retry, however slow the server")
     max_retries: int = Field(2, ge=0, le=10, description="per request, with exponential backoff (the openai client's)")
     concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
     step_budget_s: float = Field(
@@ -252,6 +259,15 @@ class SupervisionSection(_Section):
     template: Optional[str] = Field(None, description="the refiner's reference template: a file path or the text")
     evolve_every: Optional[int] = Field(
         None, ge=1, description="every N steps a correct rollout rated high may propose a new template (off: none)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: Optional[str]) -> Optional[str]:
+        if url is not None:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        return url
 
     @model_validator(mode="after")
     def _server_given(self) -> "SupervisionSection":
@@ -275,6 +291,12 @@ class Recipe(_Section):
     optim: OptimSection = OptimSection()
     verifier: VerifierSection = VerifierSection()
     supervision: SupervisionSection = SupervisionSection()
+
+    @model_validator(mode="after")
+    def _evaluates_on_a_test_set(self) -> "Recipe":
+        if self.run.eval_every is not None and self.data.test is None:
+            raise ValueError("[run].eval_every needs a held-out set: set [data].test")
+        return self
 
     @property
     def prompt_template(self) -> str:
@@ -318,9 +340,20 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
         loc, msg = validation_problem(exc, unknown="unknown key")
-        key = _key_path(loc)
+        key = f"{_key_path(loc)}: " if loc else ""  # a rule across sections names its keys in its message
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise RecipeError(f"{source}: {key}: {msg}{more}") from None
+        raise RecipeError(f"{source}: {key}{msg}{more}") from None
+
+
+def section_from_options(section: type, options: dict[str, str], **values):
+    """A recipe section built from command-line options, checked as the recipe's would be; a refused value is one
+    line naming its option (`options` maps a field to its option, e.g. {"base_url": "--base-url"})."""
+    try:
+        return section(**values)
+    except ValidationError as exc:
+        loc, msg = validation_problem(exc)
+        field = str(loc[0]) if loc else ""
+        raise BadArgument(f"{options.get(field, field or 'options')}: {msg}") from None
 
 
 def recipe_to_toml(recipe: Recipe) -> str:

@@ -53,6 +53,9 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 # The recipe keys (`section.key`, fnmatch patterns) a resumed run may change without --allow-recipe-change: they
 # say how long the run goes and how it is observed or saved, not what it trains. (`--max-steps` is no recipe key.)
+#: Keys that decide the shape of the trained weights: a checkpoint cannot be read under another value, so a resumed
+#: run refuses to change them even with --allow-recipe-change (the recorded recipe would no longer describe it).
+SHAPE_KEYS = ("model.name_or_path", "model.tiny.*", "model.lora.*")
 RESUMABLE_KEYS = ("train.max_steps", "run.save_every", "run.keep_checkpoints", "run.output_dir", "run.eval_*",
                   "run.report_to", "verifier.workers", "verifier.timeout_s")
 CHANGES_SHOWN = 3  # changed keys a refusal names
@@ -157,17 +160,23 @@ class RunDir:
 
     # ------------------------------------------------------------------ the recipe and the generation settings
 
-    def recipe_changes(self, recipe_toml: str) -> list[str]:
-        """How the resolved recipe `recipe_toml` differs from the recorded one, outside RESUMABLE_KEYS (the recorded
-        one is read with this version's defaults filled in); none when no recipe is recorded."""
+    def recipe_changes(self, recipe_toml: str, only: Sequence[str] | None = None) -> list[str]:
+        """How the resolved recipe `recipe_toml` differs from the recorded one, outside RESUMABLE_KEYS (or in the
+        keys `only`; the recorded one is read with this version's defaults filled in); none when nothing is recorded. RunDirError when the
+        directory holds a run whose recipe.toml is gone (nothing would say what its checkpoints were trained with)."""
         if not self.recipe_file.is_file():
+            trained = {f"{CHECKPOINTS_DIR}/", METRICS_FILE, TRACES_FILE} & set(self.contents())
+            if trained:  # (a base model alone is what a run stopped before its recipe was recorded leaves)
+                raise RunDirError(f"{self.recipe_file} is missing, so nothing says what the run there was trained "
+                                  "with; put it back (or a recipe.toml.step-N kept beside it) or choose another "
+                                  "--output")
             return []
         try:
             raw = tomllib.loads(self.recipe_file.read_text(encoding="utf-8"))
             recorded = recipe_to_toml(recipe_from_dict(raw, source=str(self.recipe_file)))
         except (tomllib.TOMLDecodeError, RecipeError) as exc:
             return [f"the recorded recipe cannot be read ({first_line(exc)})"]
-        return recipe_changes(recorded, recipe_toml)
+        return recipe_changes(recorded, recipe_toml, only)
 
     def record_recipe(self, recipe_toml: str) -> None:
         """Record the resolved recipe."""
@@ -286,13 +295,14 @@ def _logged_step(path: Path, lineno: int, line: str, last: bool) -> int | None:
 # --------------------------------------------------------------------------- recipe changes
 
 
-def recipe_changes(recorded: str, new: str) -> list[str]:
-    """The keys in which two resolved recipes (TOML) differ, outside RESUMABLE_KEYS, in the recipe's order, each as
-    `[section].key recorded -> new`."""
+def recipe_changes(recorded: str, new: str, only: Sequence[str] | None = None) -> list[str]:
+    """The keys in which two resolved recipes (TOML) differ, outside RESUMABLE_KEYS (or: only those matching the
+    patterns `only`), in the recipe's order, each as `[section].key recorded -> new`."""
     before, after = _flat_keys(tomllib.loads(recorded)), _flat_keys(tomllib.loads(new))
     keys = list(after) + [key for key in before if key not in after]
+    counted = (lambda key: any(fnmatchcase(key, p) for p in only)) if only is not None else (lambda key: not resumable(key))
     return [f"{_key_label(key)} {_shown(before, key)} -> {_shown(after, key)}" for key in keys
-            if before.get(key, _ABSENT) != after.get(key, _ABSENT) and not resumable(key)]
+            if before.get(key, _ABSENT) != after.get(key, _ABSENT) and counted(key)]
 
 
 def resumable(key: str) -> bool:

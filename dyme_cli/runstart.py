@@ -27,7 +27,7 @@ from .plugins import load_verifiers
 from .processes import DataParallel, Parallel
 from .recipe import Recipe, RecipeError, recipe_to_toml
 from .rollout import target_ids
-from .rundir import CHECKPOINTS_DIR, RunDir, RunDirError, checkpoint_step, describe_changes
+from .rundir import CHECKPOINTS_DIR, SHAPE_KEYS, RunDir, RunDirError, checkpoint_step, describe_changes
 from .step import Engine, rollout_sampling
 from .supervision import ChatClient, TemplateStore, best_thinking, checker_for, refiner_for, template_store, with_facts
 from .traces import Trace
@@ -234,6 +234,10 @@ def check_run_dir(run: RunDir, recipe_toml: str, resume: bool, allow_recipe_chan
     if not resume:
         run.check_new()
         return []
+    reshaped = run.recipe_changes(recipe_toml, only=SHAPE_KEYS)
+    if reshaped:
+        raise RunDirError(f"{run.path} was trained with another model: {describe_changes(reshaped)}; its checkpoints "
+                          "cannot take that change, not even with --allow-recipe-change; choose another --output")
     changes = run.recipe_changes(recipe_toml)
     if changes and not allow_recipe_change:
         raise RunDirError(f"{run.path} was trained with another recipe: {describe_changes(changes)}; resume with "

@@ -4,6 +4,7 @@ steps, and stop signals; runstart.start_run builds what the loop runs on."""
 from __future__ import annotations
 
 import signal
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from . import processes
 from .checkpoint import save_checkpoint
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .evaluate import EvalReport, evaluate, trace_writer
 from .optim import local
 from .recipe import Recipe
@@ -36,6 +37,15 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
+
+
+class StepAbandoned(TrainingInterrupted):
+    """A second stop signal during a step that would not end: the step is given up, nothing of it saved."""
+
+    def __init__(self, step: int, checkpoint: Path | None, signum: int):
+        Exception.__init__(self, f"{signal.Signals(signum).name}: stopped during step {step}, which was not saved; "
+                           + (f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"))
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 class TrainingDiverged(UserError):
@@ -68,11 +78,15 @@ class TrainResult:
 
 class StopRequest:
     """The first stop signal asks the loop to stop after the current step (and checkpoint), and says so at once,
-    since a step can be long; a second Ctrl-C aborts. A repeated SIGTERM or SIGHUP changes nothing: schedulers
-    signal every process of a job and launchers forward the signal again, and the run must still checkpoint."""
+    since a step can be long; a second Ctrl-C gives the step up at once (Interrupted), and so does a second SIGTERM
+    or SIGHUP that comes REPEAT_GRACE_S or more after the first. One sooner changes nothing: schedulers signal every
+    process of a job and launchers forward the signal again, and the run must still checkpoint."""
+
+    REPEAT_GRACE_S = 5.0
 
     def __init__(self, on_message: Callable[[str], None] = lambda message: None):
         self.signum: int | None = None
+        self._since = 0.0  # when the first signal came
         self.on_message = on_message
         self._previous: dict[int, object] = {}
 
@@ -82,19 +96,20 @@ class StopRequest:
 
     def __enter__(self):
         try:
-            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}  # SIGHUP under `nohup` stays ignored
         except ValueError:  # not the main thread: no signal handling
             self._previous = {}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
+            if signum == signal.SIGINT or time.monotonic() - self._since >= self.REPEAT_GRACE_S:
+                raise Interrupted(signum)
             return
-        self.signum = signum
+        self.signum, self._since = signum, time.monotonic()
         self.on_message(f"{signal.Signals(signum).name}: stopping after the current step with a checkpoint; "
-                        "press Ctrl-C again to stop at once without one")
+                        "press Ctrl-C (or send the signal) again to stop at once without one")
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
@@ -143,7 +158,10 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
     failure_reports, nonfinite_streak = 0, 0
     with StopRequest(on_message) as stop:
         for step in range(start + 1, total + 1):
-            outcome = dyme_step(engine, step)
+            try:
+                outcome = dyme_step(engine, step)
+            except KeyboardInterrupt as exc:  # a second stop signal: the step is given up
+                raise StepAbandoned(step, result.checkpoint, getattr(exc, "signum", signal.SIGINT)) from None
             metrics = outcome.metrics
             if processes.any_process(not weights_finite(engine.policy.model)):
                 raise WeightsNotFinite(step, result.checkpoint)
@@ -158,6 +176,8 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
                 run.append_traces(outcome.traces)
             engine.accelerator.log(tracked(record), step=step)  # the main process's trackers, if any
             failure_reports = report_verifier_failures(step, outcome.verifier_failures, failure_reports, on_message)
+            if step == start + 1:
+                report_unweighed_rewards(step, recipe.train.reward_weights, outcome.traces, on_message)
             if evolves_at(recipe, step):
                 engine.samples = processes.on_main(lambda: evolved_samples(
                     recipe, run, engine.unrefined, outcome.traces, step, on_message)) or engine.samples
@@ -207,6 +227,16 @@ def report_verifier_failures(step: int, failures: list[str], reported: int, on_m
         if reported == FAILURE_REPORTS:
             on_message(f"further verifier failures are only counted (verifier_errors in {METRICS_FILE})")
     return reported
+
+
+def report_unweighed_rewards(step: int, weights: dict[str, float], traces, on_message: Callable[[str], None]) -> None:
+    """Say so when `[train].reward_weights` names a reward no verdict of the step returned (a misspelt name weighs
+    nothing, and the reward it meant gets no weight)."""
+    returned = {name for trace in traces if trace.get("kind") == "rollout" for name in trace.get("rewards") or {}}
+    unknown = sorted(set(weights) - returned)
+    if returned and unknown:
+        on_message(f"[train].reward_weights: no verdict of step {step} returned {', '.join(map(repr, unknown))} "
+                   f"(they returned {', '.join(map(repr, sorted(returned)))}); a reward without a weight counts zero")
 
 
 def run_eval(engine: Engine, step: int) -> EvalReport:

@@ -8,7 +8,6 @@ becomes an incorrect verdict with zero rewards whose `detail` names the problem.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import signal
 import time
@@ -21,6 +20,7 @@ from .plugins import VerifierError
 from .verdict import Verdict
 
 Job = tuple[str, str, Any]  # (verifier name, completion, sample)
+MAX_REWARD = 1e6  # a reward's magnitude beyond which a group's mean and std could overflow: a plugin's bug
 
 
 # What stops a run: Ctrl-C, SIGTERM (SLURM, Kubernetes, spot preemption, `timeout`) and SIGHUP (a closed
@@ -46,8 +46,8 @@ def _serve(conn: Connection, verifiers: dict) -> None:
         name, completion, sample = job
         try:
             result = (verifiers[name].verify(completion, sample), None)
-        except Exception as exc:  # a plugin's bug becomes a failed verdict in the parent
-            result = (None, f"verifier '{name}' raised {type(exc).__name__}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 (a plugin's bug, its sys.exit or KeyboardInterrupt too, becomes
+            result = (None, f"verifier '{name}' raised {type(exc).__name__}: {exc}")  # a failed verdict in the parent
         try:
             conn.send(result)
         except Exception as exc:
@@ -64,9 +64,19 @@ def contract_problem(verdict: Any) -> str | None:
     if not isinstance(verdict.rewards, dict):
         return f"rewards = {verdict.rewards!r}, not a dict"
     for name, value in verdict.rewards.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"reward '{name}' = {value!r}, not a finite number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"reward '{name}' = {_short(value)}, not a number"
+        if not -MAX_REWARD <= value <= MAX_REWARD:  # NaN too; an int of any size compares exactly
+            return f"reward '{name}' = {_short(value)}, not a finite number within ±{MAX_REWARD:g}"
     return None
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: an int of thousands of digits has no repr (Python refuses), a float has."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass

@@ -179,6 +179,37 @@ def _verifier_cases(x: Inputs, *lines: str | dict) -> Path:
     return path
 
 
+def _resume_without_recipe(x: Inputs) -> list[str]:
+    """`--resume` of a run whose recorded recipe.toml was deleted."""
+    args = _resume(_checkpoint_copy(x))
+    (Path(args[3]) / "recipe.toml").unlink()
+    return args
+
+
+def _resume_with_another_model_shape(x: Inputs) -> list[str]:
+    """`--resume --allow-recipe-change` with a wider tiny model than the checkpoints hold."""
+    args = _resume(_checkpoint_copy(x))
+    recipe = Path(args[1])
+    recipe.write_text(recipe.read_text().replace("hidden_size = 32", "hidden_size = 48", 1))
+    return [*args, "--allow-recipe-change"]
+
+
+def _damaged_checkpoint(x: Inputs, command: str) -> list[str]:
+    """A checkpoint whose weights file was cut short (a copy interrupted, a full disk)."""
+    step = sorted(_checkpoint_copy(x).glob("checkpoints/step-*"))[-1]
+    weights = step / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    if command == "eval":
+        return ["eval", "--checkpoint", str(step), "--data", str(x.chart / "test.jsonl")]
+    return ["export", str(step), "--out", str(x.tmp / "out")]
+
+
+def _truncated_gguf(x: Inputs) -> list[str]:
+    path = x.tmp / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00\x10")  # the magic and version, then the file ends
+    return ["eval", "--checkpoint", str(path), "--data", str(x.chart / "test.jsonl")]
+
+
 GOOD_TRACE = {"kind": "rollout", "step": 1, "prompt_id": "a", "mode": "explore", "completion": "2 + 2 = 4. Answer: 4",
               "answer": "4", "gold": "4", "correct": True, "rewards": {"accuracy": 1.0}}
 CASE = {"completion": "Answer: 3", "expect": True,
@@ -267,6 +298,15 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("data-empty-answer", lambda x: x.train_on(x.sample(answer=" ")), "data.jsonl:1: field 'answer': the gold answer is empty"),
     ("data-empty-id", lambda x: x.train_on(x.sample(id="")), "data.jsonl:1: field 'id': String should have at least 1 character"),
     ("data-huge-question", lambda x: x.train_on(x.sample(question="x" * 100_001)), "data.jsonl:1: field 'question': String should have at most 100000 characters"),
+    ("data-repeated-key", lambda x: x.train_on(json.dumps(x.sample())[:-1] + ', "answer": "7"}'),
+     "data.jsonl:1: key 'answer' appears twice in one object"),
+    ("data-number-of-5000-digits", lambda x: x.train_on(json.dumps(x.sample())[:-1] + ', "facts": {"red": ' + "9" * 5000 + "}}"),
+     "data.jsonl:1: a number of more digits than can be read (at most 4300)"),
+    ("data-empty-question", lambda x: x.train_on(x.sample(question="  ")), "data.jsonl:1: field 'question': the question is empty"),
+    ("data-image-placeholder-in-question", lambda x: x.train_on(x.sample(question="<image> How many bars?")),
+     "data.jsonl:1: field 'question': contains '<image>', a processor's image placeholder"),
+    ("data-huge-answer", lambda x: x.train_on(x.sample(answer="7" * 100_000)),
+     "data.jsonl:1: field 'answer': String should have at most 4096 characters"),
     ("data-repeated-id", lambda x: x.train_on(x.sample(id="a"), x.sample(id="a")), "data.jsonl:2: field 'id': 'a' is already the id of line 1"),
     ("data-images-not-a-list", lambda x: x.train_on(x.sample(images="images/0.png")), "data.jsonl:1: field 'images': Input should be a valid list"),
     ("data-image-missing", lambda x: x.train_on(x.sample(images=["images/none.png"])), "data.jsonl:1: field 'images'"),
@@ -323,7 +363,12 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("eval-missing-data", lambda x: ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(x.tmp / "none.jsonl")], "none.jsonl: dataset file not found"),
     ("eval-template-without-question", lambda x: ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(x.chart / "test.jsonl"),
                                                   "--prompt-template", "Look."], "--prompt-template must contain {question}"),
-    ("prepare-negative-count", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--n-train", "-5"], "n_train and n_test must be at least 0"),
+    ("prepare-negative-count", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--n-train", "-5"],
+     "Invalid value for '--n-train': Input should be greater than or equal to 1"),
+    ("prepare-no-test-samples", lambda x: ["prepare", "synthetic-math", "--out", str(x.tmp / "p"), "--n-test", "0"],
+     "Invalid value for '--n-test': Input should be greater than or equal to 1"),
+    ("eval-samples-unbounded", lambda x: ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(x.chart / "test.jsonl"),
+                                          "--samples", "100000"], "Invalid value for '--samples': Input should be less than or equal to 1024"),
     ("prepare-bad-bars", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--max-bars", "9"], "bars must satisfy"),
     ("prepare-out-holds-a-dataset", lambda x: ["prepare", "synthetic-chart", "--out", str(_written(x.tmp / "p", "train.jsonl"))],
      "already holds train.jsonl: pass --overwrite to replace it"),
@@ -340,6 +385,37 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
      "--lrs 5.0: Input should be less than or equal to 1"),
     ("compare-seed-huge", lambda x: ["compare", str(x.recipe()), "--seeds", "99999999999999999999", "--out", str(x.tmp / "c")],
      "--seeds 99999999999999999999: Input should be less than or equal to 4294967295"),
+    # ---------------------------------------------------------------- bounds that keep the work and arithmetic finite
+    ("recipe-num-iterations-unbounded", lambda x: ["train", str(x.recipe({"train": {"num_iterations": 10**9}})), "--dry-run"],
+     "[train].num_iterations: Input should be less than or equal to 64"),
+    ("recipe-tiny-model-too-large", lambda x: ["train", str(x.recipe({"model": {"tiny": {"hidden_size": 10**9}}})), "--dry-run"],
+     "[model.tiny].hidden_size: Input should be less than or equal to 2048"),
+    ("recipe-tiny-heads-do-not-split", lambda x: ["train", str(x.recipe({"model": {"tiny": {"hidden_size": 36}}})), "--dry-run"],
+     "hidden_size and num_heads: the width must split into heads of an even size"),
+    ("recipe-beta-huge", lambda x: ["train", str(x.recipe({"train": {"beta": 1e300}})), "--dry-run"],
+     "[train].beta: Input should be less than or equal to 100"),
+    ("recipe-eval-every-without-test", lambda x: ["train", str(x.recipe({"run": {"eval_every": 1}, "data": {"test": None}})), "--dry-run"],
+     "[run].eval_every needs a held-out set: set [data].test"),
+    ("recipe-base-url-not-a-url", lambda x: ["train", str(x.recipe({"supervision": {"checker": "llm", "base_url": "not a url",
+                                                                                     "model": "m"}})), "--dry-run"],
+     "[supervision].base_url: 'not a url' is not an http(s) URL"),
+    ("recipe-base-url-file", lambda x: ["train", str(x.recipe({"supervision": {"refiner": "llm", "base_url": "file:///etc/passwd",
+                                                                                "model": "m"}})), "--dry-run"],
+     "[supervision].base_url: 'file:///etc/passwd' is not an http(s) URL"),
+    ("prepare-refine-base-url-not-a-url", lambda x: ["prepare", "refine", "--input", str(x.dataset([x.sample()])), "--out",
+     str(x.tmp / "r"), "--base-url", "localhost:8000", "--model", "m"], "--base-url: 'localhost:8000' is not an http(s) URL"),
+    ("prepare-refine-timeout-huge", lambda x: ["prepare", "refine", "--input", str(x.dataset([x.sample()])), "--out",
+     str(x.tmp / "r"), "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--timeout", "1e9"],
+     "--timeout: Input should be less than or equal to 3600"),
+    ("inspect-checker-url-not-a-url", lambda x: ["inspect-traces", str(_traces(x, GOOD_TRACE)), "--checker-url", "ftp://h/v1",
+                                                 "--checker-model", "m"], "--checker-url: 'ftp://h/v1' is not an http(s) URL"),
+    # ---------------------------------------------------------------- the run record, checkpoints and model files
+    ("resume-without-recorded-recipe", _resume_without_recipe, "recipe.toml is missing, so nothing says what the run there was trained with"),
+    ("resume-with-another-model-shape", _resume_with_another_model_shape,
+     "was trained with another model: [model.tiny].hidden_size 32 -> 48; its checkpoints cannot take that change, not even with --allow-recipe-change"),
+    ("eval-damaged-checkpoint", lambda x: _damaged_checkpoint(x, "eval"), "cannot load model"),
+    ("export-damaged-checkpoint", lambda x: _damaged_checkpoint(x, "export"), "cannot load model"),
+    ("eval-truncated-gguf", _truncated_gguf, "cannot load model"),
     ("compare-seeds-repeated", lambda x: ["compare", str(x.recipe()), "--seeds", "0,0", "--out", str(x.tmp / "c")],
      "--seeds 0,0 repeats a seed"),
 ]

@@ -171,3 +171,49 @@ def test_a_secret_written_into_a_recipe_or_a_missing_variable_is_a_one_line_erro
     assert "[verifier.options.keyed].api_key: the environment variable DYME_TEST_UNSET_KEY is not set" in result.output
     with pytest.raises(RecipeError, match=r'keyed.api_key looks like a secret: write api_key = \{ env = "VARIABLE" \}'):
         recipe_from_dict({**recipe.model_dump(mode="json"), "verifier": {"options": {"keyed": {"api_key": SECRET}}}})
+
+
+# ---------------------------------------------------------------- plugins that never start
+
+
+def _hanging_import_plugin(tmp_path, monkeypatch) -> None:
+    """A distribution whose verifier module never finishes importing (a network call at import time)."""
+    dist = tmp_path / "stuck_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: stuck-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[dyme.verifiers]\nstuck = stuck_plugin:Stuck\n")
+    (tmp_path / "stuck_plugin.py").write_text("import time\ntime.sleep(3600)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("slowstart", "starting the verifiers slowstart: no answer within 3 s"),
+    ("exitstart", "starting the verifiers exitstart: the process ended (exit code 7) without an answer"),
+    ("stuck", "starting the verifiers stuck: no answer within 3 s"),
+])
+def test_a_plugin_whose_import_or_constructor_never_returns_or_exits_is_one_line(case, message, example_plugin,
+                                                                                 monkeypatch, tmp_path):
+    import time
+
+    import dyme_cli.plugins
+
+    _hanging_import_plugin(tmp_path, monkeypatch)
+    monkeypatch.setattr(dyme_cli.plugins, "START_DEADLINE_S", 3.0)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"completion": "Answer: 1", "expect": True, "sample": {
+        "id": "a", "task": case, "question": "q", "answer": "1"}}) + "\n")
+    started = time.monotonic()
+    result = runner.invoke(app, ["verifiers", "check", case, "--cases", str(cases)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert " ".join(result.output.split()).startswith(f"error: {message}")
+    assert time.monotonic() - started < 60  # the deadline, the child's start and its kill; not the plugin's hour
+
+
+def test_listing_with_a_plugin_whose_import_never_returns_ends_in_one_line(example_plugin, monkeypatch, tmp_path):
+    import dyme_cli.plugins
+
+    _hanging_import_plugin(tmp_path, monkeypatch)
+    monkeypatch.setattr(dyme_cli.plugins, "START_DEADLINE_S", 3.0)
+    result = runner.invoke(app, ["verifiers", "list", "--json"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: listing the installed verifiers: no answer within 3 s" in " ".join(result.output.split())

@@ -107,18 +107,116 @@ def test_a_server_that_is_down_leaves_the_local_reward_says_so_once_and_counts_i
     assert checker.rate([(chart_sample, "a"), (chart_sample, "b")]) == [None, None]
     assert checker.rate([(chart_sample, "c")]) == [None]
     assert checker.counts.fallbacks == 3 and checker.counts.cache_hits == 0
-    assert len(messages) == 1 and "cannot be reached (APIConnectionError)" in messages[0]
+    assert len(messages) == 1 and "cannot be reached (APIConnectionError: Connection error.)" in messages[0]
 
 
 def test_a_server_that_never_answers_is_given_up_within_the_step_budget(tmp_path, chart_sample):
     with socket.socket() as silent:  # accepts connections (the kernel's backlog), never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        checker = _checker(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", tmp_path, [], timeout_s=30.0,
+        messages = []
+        checker = _checker(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", tmp_path, messages, timeout_s=30.0,
                            step_budget_s=1.0)
         started = time.monotonic()
         assert checker.rate([(chart_sample, "a"), (chart_sample, "b")]) == [None, None]
         assert time.monotonic() - started < 5 and checker.counts.fallbacks == 2
+        assert len(messages) == 1 and "did not rate every rollout within the step's budget" in messages[0]
+
+
+class _Trickle:
+    """A server that accepts every connection and sends one byte of a reply every half second, forever: each read
+    gets a byte well within any per-read timeout, and no reply ever ends."""
+
+    def __init__(self):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/v1"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection):
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+                if self.closed.wait(0.5):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self):
+        self.closed.set()
+        self.socket.close()
+
+
+@pytest.fixture
+def trickle():
+    server = _Trickle()
+    yield server
+    server.close()
+
+
+def test_a_request_to_a_server_that_trickles_bytes_ends_at_its_total_deadline(trickle, tmp_path, chart_sample):
+    messages = []
+    checker = _checker(trickle.url, tmp_path, messages, timeout_s=1.0, step_budget_s=3600.0)  # no retries
+    started = time.monotonic()
+    assert checker.rate([(chart_sample, "a")]) == [None]  # every read got a byte within 1 s; the reply never ended
+    assert time.monotonic() - started < 60  # the 1 s deadline, not the hour the step's budget allows
+    assert len(messages) == 1 and "cannot be reached (ReplyTimeout: no complete reply within 1 s)" in messages[0]
+
+
+def test_requests_given_up_on_never_hold_the_process_at_exit(trickle, tmp_path):
+    """The step's budget abandons a request whose own deadline is 10 minutes away; the process still exits."""
+    script = (
+        "from dyme_cli.data import Sample\n"
+        "from dyme_cli.recipe import SupervisionSection\n"
+        "from dyme_cli.supervision import checker_for\n"
+        f"section = SupervisionSection(checker='llm', base_url='{trickle.url}', model='m', timeout_s=600, "
+        "max_retries=0, step_budget_s=1)\n"
+        f"checker = checker_for(section, __import__('pathlib').Path(r'{tmp_path}'), 0, print)\n"
+        "print(checker.rate([(Sample(id='s', task='chart', question='q', answer='1'), 'a')]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[None]"
+
+
+class _Failing(_FakeServer):
+    """Answers every request with HTTP 500."""
+
+    requests = 0
+
+    def do_POST(self):  # noqa: N802
+        type(self).requests += 1
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        body = b'{"error": {"message": "the model crashed"}}'
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_server_that_answers_with_errors_is_said_once_and_counted(tmp_path, chart_sample):
+    server = HTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        messages = []
+        checker = _checker(f"http://127.0.0.1:{server.server_port}/v1", tmp_path, messages)
+        assert checker.rate([(chart_sample, "a"), (chart_sample, "b")]) == [None, None]
+        assert checker.rate([(chart_sample, "c")]) == [None]
+        assert checker.counts.fallbacks == 3 and _Failing.requests == 3
+        assert len(messages) == 1 and "answers with an error (HTTP 500: " in messages[0], messages
+    finally:
+        server.shutdown()
 
 
 def test_replies_that_name_no_level_are_asked_again_then_fall_back(tmp_path, chart_sample):
@@ -147,14 +245,18 @@ def llm_server(smollm2_gguf):
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 900  # a busy 2-core machine loads the model slowly; a quiet one takes seconds
+    while True:
         try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            urllib.request.urlopen(f"{url}/models", timeout=10).read()
             break
         except OSError:
             assert server.poll() is None, "the llama.cpp server exited at start"
+            assert time.monotonic() < deadline, "the llama.cpp server did not answer within 15 minutes"
             time.sleep(0.5)
+    warm_up = json.dumps({"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]})
+    urllib.request.urlopen(urllib.request.Request(f"{url}/chat/completions", warm_up.encode(), {
+        "Content-Type": "application/json"}), timeout=900).read()  # the first reply, whose start is slowest
     yield url
     server.terminate()
     server.wait(timeout=30)
@@ -184,7 +286,7 @@ def test_the_checker_rates_through_a_real_server_and_asks_nothing_twice(llm_serv
     assert all(score in (0.0, 0.5, 1.0, None) for score in scores)
     counts = checker.counts
     assert counts.fallbacks == scores.count(None) and counts.calls >= len(requests)
-    assert counts.calls - counts.unparseable == len(requests) - counts.fallbacks  # each parsed reply rated one rollout
+    assert counts.calls - counts.unparseable - counts.failed == len(requests) - counts.fallbacks  # each parsed reply rated one
     again = checker_for(_section(llm_server, checker="llm"), tmp_path, 0, lambda m: None)  # a resumed run
     assert again.rate(requests) == scores
     assert again.counts.calls == 0 and again.counts.cache_hits == len(requests) - scores.count(None)
@@ -193,7 +295,7 @@ def test_the_checker_rates_through_a_real_server_and_asks_nothing_twice(llm_serv
 def test_the_refiner_and_prepare_refine_through_a_real_server_resume_from_their_cache(llm_server, tmp_path, chart_data):
     source = _subset(chart_data, tmp_path / "data", 3)
     args = ["prepare", "refine", "--input", str(source), "--out", str(tmp_path / "refined"), "--base-url", llm_server,
-            "--model", "smollm2", "--concurrency", "2"]
+            "--model", "smollm2", "--concurrency", "2", "--timeout", "900"]  # a busy machine answers slowly
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     refined = read_samples(tmp_path / "refined" / "train.jsonl")  # images copied beside it

@@ -18,7 +18,7 @@ def _sample(answer="5"):
 
 @pytest.fixture
 def pool(example_plugin):
-    names = ("exact", "hang", "crash", "die")
+    names = ("exact", "hang", "crash", "die", "interrupt", "huge")
     with VerifierPool({n: load_verifier(n) for n in names}, timeout_s=1.0, workers=2) as pool:
         yield pool
 
@@ -65,6 +65,29 @@ def test_a_plugin_that_kills_its_process_is_contained(pool):
     (dead, failed), (ok, _) = pool.verify([("die", "x. Answer: 5", _sample()), ("exact", "x. Answer: 5", _sample())])
     assert failed and dead.detail == "verifier 'die' worker exited (code 3)"
     assert ok.correct
+
+
+def test_a_plugin_raising_keyboard_interrupt_is_a_failed_verdict_and_its_worker_lives(pool, capfd):
+    (verdict, failed), (ok, _) = pool.verify([("interrupt", "x. Answer: 5", _sample()), ("exact", "x. Answer: 5", _sample())])
+    assert failed and verdict.detail == "verifier 'interrupt' raised KeyboardInterrupt: "
+    assert ok.correct and "Traceback" not in capfd.readouterr().err  # no worker died printing one
+
+
+def test_rewards_whose_mean_and_spread_would_overflow_are_a_failed_verdict(pool):
+    (verdict, failed), = pool.verify([("huge", "x. Answer: 5", _sample())])
+    assert failed and not verdict.correct and verdict.rewards == {"format": 0.0, "accuracy": 0.0}
+    assert verdict.detail == "verifier 'huge' returned reward 'format' = 1e+308, not a finite number within ±1e+06"
+
+
+@pytest.mark.parametrize("value, shown", [
+    (float("nan"), "nan"), (float("-inf"), "-inf"), (1e6 + 1, "1000001.0"), (10**5000, "an integer of 16610 bits"),
+], ids=["nan", "-inf", "just-beyond", "5000-digit-int"])
+def test_a_reward_beyond_the_bound_is_named_in_one_short_line(value, shown):
+    from dyme_cli.verify_pool import contract_problem
+
+    problem = contract_problem(Verdict(True, None, {"accuracy": value}, ""))
+    assert problem == f"reward 'accuracy' = {shown}, not a finite number within ±1e+06"
+    assert contract_problem(Verdict(True, None, {"accuracy": -1e6, "format": 10**6}, "")) is None  # the bound itself
 
 
 def test_math_verifier_in_a_pool_from_a_worker_thread():
@@ -122,9 +145,9 @@ class BrokenContract:
     (None, "a NoneType instead of a Verdict"),
     ({"correct": True}, "a dict instead of a Verdict"),
     (Verdict("no", "5", {"accuracy": 0.0}), "correct = 'no', not a bool"),
-    (Verdict(True, "5", {"accuracy": float("nan")}), "reward 'accuracy' = nan, not a finite number"),
-    (Verdict(True, "5", {"format": float("inf")}), "reward 'format' = inf, not a finite number"),
-    (Verdict(True, "5", {"accuracy": "high"}), "reward 'accuracy' = 'high', not a finite number"),
+    (Verdict(True, "5", {"accuracy": float("nan")}), "reward 'accuracy' = nan, not a finite number within ±1e+06"),
+    (Verdict(True, "5", {"format": float("inf")}), "reward 'format' = inf, not a finite number within ±1e+06"),
+    (Verdict(True, "5", {"accuracy": "high"}), "reward 'accuracy' = 'high', not a number"),
 ])
 def test_a_verdict_that_breaks_the_contract_is_a_counted_failure_not_a_crash(returned, problem):
     with VerifierPool({"broken": BrokenContract(returned)}, timeout_s=5.0) as pool:

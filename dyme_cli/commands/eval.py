@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import BadArgument
+from ..errors import BadArgument, interrupt_exit_code
 from ..ui import (console, err_console, image_check_progress, is_main_process, output_file, progress_bar,
                   quiet_transformers)
 
@@ -19,7 +19,7 @@ def eval_command(
         ..., "--checkpoint", help="Checkpoint directory, LoRA adapter directory or hub id; repeat to compare side by side."),
     data: Path = typer.Option(..., "--data", help="JSONL dataset to evaluate on."),
     samples_per_prompt: int = typer.Option(
-        1, "--samples", min=1, help="Completions per prompt: 1 decodes greedily; K > 1 samples K and reports pass@K."),
+        1, "--samples", min=1, max=1024, help="Completions per prompt: 1 decodes greedily; K > 1 samples K and reports pass@K."),
     temperature: float = typer.Option(1.0, "--temperature", min=0.01, help="Sampling temperature (with --samples > 1)."),
     max_new_tokens: int = typer.Option(300, "--max-new-tokens", min=1, help="Completion length limit."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts per generate call."),
@@ -64,10 +64,10 @@ def eval_command(
                 _evaluate_checkpoint(checkpoint, label, samples, pool, reports[label], progress, traces_out,
                                      prompt_template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                      samples_per_prompt=samples_per_prompt, temperature=temperature, verifier=verifier)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: what was evaluated is printed and written
         err_console.print("[yellow]interrupted; partial results:[/]")
         _print_eval(reports, data, json_out)
-        raise typer.Exit(130)
+        raise typer.Exit(interrupt_exit_code(exc))
     _print_eval(reports, data, json_out)
 
 

@@ -73,10 +73,11 @@ def _checker_agreement(result, path: Path, url: Optional[str], model: Optional[s
     if model is None:
         raise BadArgument("--checker-url needs --checker-model")
     from ..inspect_run import checker_agreement
-    from ..recipe import SupervisionSection
+    from ..recipe import SupervisionSection, section_from_options
     from ..supervision import checker_for
 
-    section = SupervisionSection(checker="llm", base_url=url, model=model, api_key_env=key_env, cache=path.is_dir())
+    section = section_from_options(SupervisionSection, {"base_url": "--checker-url", "model": "--checker-model"},
+                                   checker="llm", base_url=url, model=model, api_key_env=key_env, cache=path.is_dir())
     checker = checker_for(section, path / "supervision", 0, note)
     return checker_agreement(result, checker)
 

@@ -12,14 +12,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import BadArgument
+from ..errors import BadArgument, interrupt_exit_code
 from ..prepare.convert import SOURCES, Options, Report, convert_source, format_reasons, parse_field_map
-from ..ui import console
+from ..ui import console, err_console
 
 app = typer.Typer(help="Build datasets in dyme's JSONL schema.", no_args_is_help=True)
 
-N_TRAIN = typer.Option(2000, "--n-train", help="Training samples.")
-N_TEST = typer.Option(200, "--n-test", help="Held-out samples.")
+N_TRAIN = typer.Option(2000, "--n-train", min=1, max=10_000_000, help="Training samples.")
+N_TEST = typer.Option(200, "--n-test", min=1, max=10_000_000, help="Held-out samples.")
 SEED = typer.Option(0, "--seed", help="Random seed; the same seed writes the same data.")
 WITH_IMAGES = "Output folder for train.jsonl, test.jsonl and images/."
 
@@ -208,7 +208,7 @@ def prepare_refine(
     import shutil
 
     from ..data import read_samples, write_samples
-    from ..recipe import SupervisionSection
+    from ..recipe import SupervisionSection, section_from_options
     from ..supervision import refiner_for
     from ..ui import image_check_progress, progress_bar
 
@@ -218,13 +218,20 @@ def prepare_refine(
     _fresh(out, [input_.name], overwrite)
     with image_check_progress() as on_progress:
         samples = read_samples(input_, on_progress=on_progress)
-    section = SupervisionSection(refiner="llm", base_url=base_url, model=model, api_key_env=api_key_env,
-                                 concurrency=concurrency, timeout_s=timeout_s, template=template)
+    section = section_from_options(
+        SupervisionSection, {"base_url": "--base-url", "model": "--model", "timeout_s": "--timeout"}, refiner="llm",
+        base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout_s,
+        template=template)
     refiner = refiner_for(section, out / ".refine-cache.jsonl", answer_flag)
-    with progress_bar() as progress:
-        task = progress.add_task("refining", total=None, stats="")
-        report = refiner.refine(list(samples), on_progress=lambda done, total: progress.update(task, completed=done,
-                                                                                             total=total))
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("refining", total=None, stats="")
+            report = refiner.refine(list(samples), on_progress=lambda done, total: progress.update(
+                task, completed=done, total=total))
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: every reply received so far is in the cache
+        err_console.print(f"[yellow]interrupted: the references refined so far are kept in {refiner.cache_file}; "
+                          "run the same command again to continue[/]")
+        raise typer.Exit(interrupt_exit_code(exc)) from None
     for image in sorted({name for s in samples for name in s.images}):
         (out / image).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(input_.parent / image, out / image)

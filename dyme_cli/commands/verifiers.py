@@ -23,9 +23,9 @@ def verifiers_list(
     """Installed verifier plugins (entry-point group dyme.verifiers): name, package, version, description."""
     from dataclasses import asdict
 
-    from ..plugins import installed_verifiers, plugin_info
+    from ..plugins import plugin_infos
 
-    infos = [plugin_info(ep) for _, ep in sorted(installed_verifiers().items())]
+    infos = plugin_infos()
     if as_json:
         print(json.dumps([asdict(info) for info in infos], indent=2, default=repr))
         return
@@ -54,14 +54,14 @@ def verifiers_check(
     """Run a verifier on hand-written cases (exit 1 on any disagreement with `expect`), or calibrate it."""
     from ..checking import calibrate as run_calibration, check_cases, read_cases
     from ..data import read_samples
-    from ..plugins import load_verifier
+    from ..plugins import load_verifiers
     from ..verify_pool import VerifierPool
 
     if (cases is None) == (not calibrate):
         raise BadArgument("give either --cases FILE.jsonl or --calibrate --data FILE.jsonl")
     if calibrate and data is None:
         raise BadArgument("--calibrate needs --data FILE.jsonl")
-    verifier = load_verifier(name, answer_flag, _parse_options(options))
+    verifier = load_verifiers([name], answer_flag, {name: _parse_options(options)})[name]
     with image_check_progress() as on_progress:  # no bar in --json output
         loaded = read_cases(cases, name) if cases else read_samples(data, on_progress=None if as_json else on_progress)
     with VerifierPool({name: verifier}, timeout_s=timeout_s, workers=2) as pool:

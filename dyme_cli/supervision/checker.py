@@ -2,8 +2,9 @@
 mapped to a `thinking` reward of 0 / 0.5 / 1 (the paper's visual supervision).
 
 A reply that names no level is asked again (up to PARSE_RETRIES times); a rollout the checker cannot rate (the
-server is down or too slow, the replies stay unreadable) keeps the verifier's local thinking reward, and is counted.
-Ratings are remembered in the run directory, so a resumed run asks nothing twice.
+server is down, too slow or answers with errors, the replies stay unreadable) keeps the verifier's local thinking
+reward, and is counted; each kind of failure is also said once. Ratings are remembered in the run directory, so a
+resumed run asks nothing twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import Sample, append_jsonl
-from .client import ChatClient, concurrently, unreachable
+from .client import ChatClient, concurrently, failure
 
 LEVELS = {"low": 0.0, "medium": 0.5, "high": 1.0}
 PARSE_RETRIES = 2  # further requests when a reply names no level
@@ -54,6 +55,7 @@ class CheckerCounts:
     cache_hits: int = 0
     fallbacks: int = 0  # rollouts left with the local thinking reward
     unparseable: int = 0  # replies that named no level
+    failed: int = 0  # requests that got no reply (the server down, too slow, or answering with an error)
 
     def metrics(self) -> dict:
         return {f"checker_{name}": value for name, value in vars(self).items()}
@@ -68,7 +70,7 @@ class Checker:
     on_message: Callable[[str], None]
     counts: CheckerCounts = field(default_factory=CheckerCounts)
     _cache: dict[str, float] = field(default_factory=dict)
-    _said_down: bool = False
+    _said: set = field(default_factory=set)  # the kinds of failure already reported
     _counting: threading.Lock = field(default_factory=threading.Lock)  # requests run in threads
 
     def __post_init__(self):
@@ -93,7 +95,10 @@ class Checker:
                 self._cache[keys[i]] = outcome
                 fresh.append({"key": keys[i], "score": outcome})
             elif isinstance(outcome, BaseException):
-                self._report(outcome)
+                self._report(*failure(outcome))
+            else:  # not finished within the step's budget
+                self._report("budget", f"did not rate every rollout within the step's budget "
+                                       f"([supervision].step_budget_s = {self.budget_s:g} s)")
         if fresh and self.cache_file is not None:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             append_jsonl(self.cache_file, fresh)
@@ -101,24 +106,35 @@ class Checker:
         self.counts.fallbacks += sum(score is None for score in scores)
         return scores
 
-    def _ask(self, sample: Sample, thinking: str) -> float | None:
+    def _ask(self, sample: Sample, thinking: str) -> float:
+        """The rating of one rollout; NoRating when every reply named no level."""
         messages = checker_messages(sample, thinking)
         for _ in range(1 + PARSE_RETRIES):
             with self._counting:
                 self.counts.calls += 1
-            score = parse_rating(self.client.reply(messages, REPLY_TOKENS))
+            try:
+                reply = self.client.reply(messages, REPLY_TOKENS)
+            except Exception:
+                with self._counting:
+                    self.counts.failed += 1
+                raise
+            score = parse_rating(reply)
             if score is not None:
                 return score
             with self._counting:
                 self.counts.unparseable += 1
-        return None
+        raise NoRating(f"{1 + PARSE_RETRIES} replies named no level (the last: {reply[:60]!r})")
 
-    def _report(self, exc: BaseException) -> None:
-        """Say once that the server cannot be reached; training goes on with the local reward."""
-        if unreachable(exc) and not self._said_down:
-            self._said_down = True
-            self.on_message(f"the checker's server {self.client.base_url} cannot be reached ({type(exc).__name__}); "
-                            "rollouts keep the local thinking reward (counted in checker_fallbacks)")
+    def _report(self, kind: str, description: str) -> None:
+        """Say once per kind of failure what went wrong; training goes on with the local reward."""
+        if kind not in self._said:
+            self._said.add(kind)
+            self.on_message(f"the checker's server {self.client.base_url} {description}; rollouts it cannot rate "
+                            "keep the local thinking reward (counted in checker_fallbacks)")
+
+
+class NoRating(ValueError):
+    """Replies that name no level, however often asked."""
 
 
 def _key(sample: Sample, thinking: str) -> str:

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import Sample, append_jsonl, jsonl_records
-from ..errors import first_line
 from ..pseudo_thinking import SampleContext
 from ..pseudo_thinking.detectors import flag_trace
 from ..verdict import split_completion
-from .client import ChatClient, concurrently, unreachable
+from .client import ChatClient, concurrently, failure
 from .facts import with_facts
 
 DEFAULT_TEMPLATE = (
@@ -89,32 +88,29 @@ class Refiner:
         known = self._cached(version)
         todo = [s for s in samples if s.id not in known]
         report = RefineReport(samples=[], cached=len(samples) - len(todo))
-        done = [0]
+        finished = [0]
 
-        def ask(sample: Sample) -> str:
-            text = self.client.reply(refiner_messages(sample, self.template), REPLY_TOKENS)
-            done[0] += 1
-            if on_progress:
-                on_progress(done[0], len(todo))
-            return text
-
-        fresh = []
-        for sample, outcome in zip(todo, concurrently([lambda s=s: ask(s) for s in todo], self.concurrency, budget_s)):
+        def keep(index: int, outcome: str | BaseException) -> None:
+            """Judge and remember one reply as it arrives, so an interrupted pass keeps what it finished."""
+            sample = todo[index]
+            finished[0] += 1
             if isinstance(outcome, str):
                 why = rejection(sample, outcome, self.answer_flag)
                 known[sample.id] = {"id": sample.id, "template": version, "status": "rejected" if why else "accepted",
                                     "reference": outcome.strip(), "reason": why}
-                fresh.append(known[sample.id])
-            else:
+                if self.cache_file is not None:
+                    self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                    append_jsonl(self.cache_file, [known[sample.id]])
+            if on_progress:
+                on_progress(finished[0], len(todo))
+
+        calls = [lambda s=s: self.client.reply(refiner_messages(s, self.template), REPLY_TOKENS) for s in todo]
+        for sample, outcome in zip(todo, concurrently(calls, self.concurrency, budget_s, on_done=keep)):
+            if not isinstance(outcome, str):
                 report.failed += 1
                 if len(report.reasons) < 3:
-                    why = "no reply in time" if outcome is None else (
-                        f"server unreachable ({type(outcome).__name__})" if unreachable(outcome)
-                        else f"{type(outcome).__name__}: {first_line(outcome)}")
+                    why = "no reply in time" if outcome is None else failure(outcome)[1]
                     report.reasons.append(f"{sample.id}: {why}")
-        if fresh and self.cache_file is not None:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            append_jsonl(self.cache_file, fresh)
         for sample in samples:
             record = known.get(sample.id)
             if record and record["status"] == "accepted":

@@ -1,8 +1,9 @@
 """A third-party verifier package, as someone would publish it: it depends only on dyme's public helpers.
 
-`exact` is the example plugin; `parity` is a coin for tests that need every mode of the gate. `hang`, `crash` and
-`die` misbehave on purpose, to test that the engine survives plugins that never return, raise, or kill their
-process; `broken` cannot even be constructed. `keyed` needs a secret option (as a verifier calling a paid API
+`exact` is the example plugin; `parity` is a coin for tests that need every mode of the gate. `hang`, `crash`,
+`die`, `interrupt` and `huge` misbehave on purpose, to test that the engine survives plugins that never return, raise,
+kill their process or return absurd rewards; `broken`, `slowstart` and `exitstart` cannot even be constructed (they
+raise, never return, end the process). `keyed` needs a secret option (as a verifier calling a paid API
 would).
 """
 
@@ -81,3 +82,37 @@ class ParityVerifier(ExactVerifier):
 
         even = len(completion) % 2 == 0
         return Verdict(even, None, {"format": 0.0, "accuracy": float(even)}, f"{len(completion)} characters")
+
+
+class SlowStartVerifier(ExactVerifier):
+    name = "slowstart"
+    description = "Its constructor never returns (a resource that never answers)."
+
+    def __init__(self, answer_flag: str = "Answer:"):
+        time.sleep(3600)
+
+
+class ExitAtStartVerifier(ExactVerifier):
+    name = "exitstart"
+    description = "Its constructor ends the process."
+
+    def __init__(self, answer_flag: str = "Answer:"):
+        os._exit(7)
+
+
+class InterruptingVerifier(ExactVerifier):
+    name = "interrupt"
+    description = "Raises KeyboardInterrupt on every call."
+
+    def verify(self, completion, sample):
+        raise KeyboardInterrupt
+
+
+class HugeRewardVerifier(ExactVerifier):
+    name = "huge"
+    description = "Rewards of 1e308: finite, but their mean and spread overflow."
+
+    def verify(self, completion, sample):
+        from dyme_cli.verdict import Verdict
+
+        return Verdict(True, None, {"format": 1e308, "accuracy": -1e308}, "huge")
