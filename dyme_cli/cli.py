@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 
 import click
 import typer
@@ -25,10 +26,9 @@ class _Commands(TyperGroup):
 
     def invoke(self, ctx):
         finished = False
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stop_signals_interrupt():
             warnings.showwarning = _show_warning
             try:
-                _stop_signals_interrupt()
                 result = super().invoke(ctx)
                 finished = True
                 return result
@@ -51,14 +51,21 @@ class _Commands(TyperGroup):
                     leave(finished)
 
 
-def _stop_signals_interrupt() -> None:
-    """SIGTERM and SIGHUP raise Interrupted in the main thread (`dyme train` handles them itself during its steps);
-    a signal the process was told to ignore (SIGHUP under `nohup`) stays ignored."""
+@contextmanager
+def _stop_signals_interrupt():
+    """While a command runs, SIGTERM and SIGHUP raise Interrupted in the main thread (`dyme train` handles them
+    itself during its steps); a signal the process was told to ignore (SIGHUP under `nohup`) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, _interrupt)
+    signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+               if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, _interrupt) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _interrupt(signum, frame):

@@ -2,6 +2,8 @@
 traces in the training format, and partial results on Ctrl-C."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -119,25 +121,30 @@ def test_a_lora_adapter_directory_loads_as_base_plus_adapter(tmp_path, chart_dat
     assert result.exit_code == 0, result.output
 
 
-def test_ctrl_c_prints_partial_results(tmp_path, chart_data, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_sigterm_and_sighup_print_and_write_partial_results(tmp_path, chart_data, tiny_model_dir, monkeypatch,
+                                                                  signum):
     import dyme_cli.evaluate as evaluate_module
 
     real_generate, calls = evaluate_module.TransformersBackend.generate, []
 
     def generate_then_interrupt(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+        if len(calls) == 2:  # a scheduler's SIGTERM, a closed terminal's SIGHUP, Ctrl-C's SIGINT
+            os.kill(os.getpid(), signum)
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_module.TransformersBackend, "generate", generate_then_interrupt)
-    out = tmp_path / "eval.json"
+    out, traces = tmp_path / "eval.json", tmp_path / "traces.jsonl"
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_model_dir), "--data", str(chart_data / "test.jsonl"),
-                                 "--batch-size", "3", "--max-new-tokens", "4", "--json", str(out)])
-    assert result.exit_code == 130
+                                 "--batch-size", "3", "--max-new-tokens", "4", "--json", str(out), "--traces", str(traces)])
+    assert result.exit_code == 128 + signum
     assert "interrupted; partial results" in result.output
     (numbers,) = json.loads(out.read_text())["checkpoints"].values()
     assert numbers["overall"]["n"] == 3  # the first batch of 3 prompts was scored
+    assert len(traces.read_text().splitlines()) == 3  # and its completions written
+    assert {s: signal.getsignal(s) for s in before} == before  # the command's handlers are gone with it
 
 
 def test_unknown_checkpoint_and_verifier_are_one_line_errors(tmp_path, chart_data, offline_hub):

@@ -217,3 +217,67 @@ def test_listing_with_a_plugin_whose_import_never_returns_ends_in_one_line(examp
     result = runner.invoke(app, ["verifiers", "list", "--json"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "error: listing the installed verifiers: no answer within 3 s" in " ".join(result.output.split())
+
+
+def test_a_second_sigterm_gives_up_a_step_that_does_not_end(example_plugin, chart_data, tmp_path, monkeypatch):
+    """A step stuck in a plugin past every deadline the user set: the first SIGTERM asks for a stop after the step,
+    a second one (past the grace that tells it from a launcher's forwarded copy) ends the step at once."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from dyme_cli.trainer import StepAbandoned, StopRequest
+    from dyme_cli.verify_pool import VerifierPool
+
+    recipe = _recipe(chart_data, tmp_path, "hang", timeout_s=3600.0)
+    verifying, real_verify = threading.Event(), VerifierPool.verify
+
+    def verify(self, jobs):
+        verifying.set()
+        return real_verify(self, jobs)
+
+    def signal_twice():
+        assert verifying.wait(600)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2 * StopRequest.REPEAT_GRACE_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(VerifierPool, "verify", verify)
+    monkeypatch.setattr(StopRequest, "REPEAT_GRACE_S", 1.0)
+    threading.Thread(target=signal_twice, daemon=True).start()
+    messages = []
+    with pytest.raises(StepAbandoned) as info:
+        train(recipe, on_message=messages.append)
+    assert str(info.value) == "SIGTERM: stopped during step 1, which was not saved; no checkpoint was saved"
+    assert info.value.exit_code == 143 and "SIGTERM: stopping after the current step" in messages[-1]
+    assert not list((tmp_path / "run").glob("checkpoints/step-*"))
+
+
+def test_a_sigterm_repeated_within_the_grace_is_a_forwarded_copy_and_changes_nothing(monkeypatch):
+    import signal
+
+    import dyme_cli.trainer as trainer
+    from dyme_cli.errors import Interrupted
+
+    clock = [100.0]
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: clock[0])
+    stop = trainer.StopRequest()
+    stop._handle(signal.SIGTERM, None)
+    clock[0] += trainer.StopRequest.REPEAT_GRACE_S - 0.1
+    stop._handle(signal.SIGTERM, None)  # the launcher forwarding the scheduler's signal: ignored
+    assert stop.signum == signal.SIGTERM
+    clock[0] += 0.1
+    with pytest.raises(Interrupted):
+        stop._handle(signal.SIGHUP, None)
+
+
+def test_a_reward_weight_no_verdict_returns_is_said_once(chart_data, tmp_path):
+    recipe = _recipe(chart_data, tmp_path, "chart")
+    recipe.train.max_steps = 2
+    recipe.train.reward_weights = {"acuracy": 1.0, "format": 0.5}  # misspelt: accuracy would weigh nothing
+    messages = []
+    train(recipe, on_message=messages.append)
+    said = [m for m in messages if m.startswith("[train].reward_weights")]
+    assert said == ["[train].reward_weights: no verdict of step 1 returned 'acuracy' (they returned 'accuracy', "
+                    "'format', 'thinking'); a reward without a weight counts zero"]

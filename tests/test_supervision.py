@@ -458,3 +458,39 @@ def test_facts_are_read_only_for_samples_with_a_reference_and_none_of_their_own(
     out = with_facts(samples, Reader(), 2, tmp_path / "facts.jsonl")
     assert [s.facts for s in out] == [{"red": 7}, second.facts, {}] and len(asked) == 1
     assert with_facts(samples, Reader(), 2, tmp_path / "facts.jsonl")[0].facts == {"red": 7} and len(asked) == 1
+
+
+class _AnswersOnceThenStops(_FakeServer):
+    """Refines the first sample, then the job is stopped (SIGTERM, as a scheduler sends) while the next is asked."""
+
+    requests = 0
+    released = threading.Event()  # set by the test once the command has ended
+
+    def answer(self, system, user):
+        type(self).requests += 1
+        if type(self).requests > 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+            type(self).released.wait(600)
+        return "The question asks for a value. The answer follows."
+
+
+def test_prepare_refine_stopped_by_sigterm_keeps_what_it_refined_and_goes_on_from_there(tmp_path, chart_data):
+    server = HTTPServer(("127.0.0.1", 0), _AnswersOnceThenStops)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _AnswersOnceThenStops.requests = 0
+        source = _subset(chart_data, tmp_path / "data", 3)
+        out = tmp_path / "refined"
+        args = ["prepare", "refine", "--input", str(source), "--out", str(out), "--base-url",
+                f"http://127.0.0.1:{server.server_port}/v1", "--model", "m", "--concurrency", "1"]
+        stopped = CliRunner().invoke(app, args)
+        assert stopped.exit_code == 143, stopped.output
+        assert "interrupted: the references refined so far are kept in" in " ".join(stopped.output.split())
+        cache = (out / ".refine-cache.jsonl").read_text().splitlines()
+        assert len(cache) == 1 and not (out / "train.jsonl").exists()  # the one reply received, no half dataset
+    finally:
+        _AnswersOnceThenStops.released.set()
+        server.shutdown()
