@@ -107,7 +107,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     if unknown:
         raise BadArgument(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not methods:
-        raise BadArgument("no method to compare")
+        raise BadArgument(f"--methods: no method given; choose from {', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 

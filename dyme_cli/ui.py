@@ -33,6 +33,16 @@ def fail(message: str, code: int = USER_ERROR) -> None:
     raise typer.Exit(code)
 
 
+def answer_flag_option(default: str | None = "Answer:", help_text: str = "Text that introduces the final answer."):
+    """`--answer-flag`, refused when blank (completions are split at it), naming the option."""
+    def not_blank(flag: str | None) -> str | None:
+        if flag is not None and not flag.strip():
+            raise typer.BadParameter("must not be blank: completions are split at it")
+        return flag
+
+    return typer.Option(default, "--answer-flag", help=help_text, callback=not_blank)
+
+
 def output_file(path: Path | None, option: str, overwrite: bool = True) -> Path | None:
     """Check an output file option before any work is done, so that a bad path does not lose a finished result:
     BadArgument when it is a directory, lies under a file, or (unless `overwrite`) would replace a non-empty file."""

@@ -416,6 +416,12 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("eval-damaged-checkpoint", lambda x: _damaged_checkpoint(x, "eval"), "cannot load model"),
     ("export-damaged-checkpoint", lambda x: _damaged_checkpoint(x, "export"), "cannot load model"),
     ("eval-truncated-gguf", _truncated_gguf, "cannot load model"),
+    ("eval-answer-flag-blank", lambda x: ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(x.chart / "test.jsonl"),
+                                          "--answer-flag", " "], "Invalid value for '--answer-flag': must not be blank"),
+    ("verifiers-check-answer-flag-empty", lambda x: ["verifiers", "check", "chart", "--answer-flag", "", "--cases",
+                                                     str(_verifier_cases(x, CASE))], "Invalid value for '--answer-flag': must not be blank"),
+    ("compare-no-methods", lambda x: ["compare", str(x.recipe()), "--methods", "", "--out", str(x.tmp / "c")],
+     "--methods: no method given; choose from dyme, sft"),
     ("compare-seeds-repeated", lambda x: ["compare", str(x.recipe()), "--seeds", "0,0", "--out", str(x.tmp / "c")],
      "--seeds 0,0 repeats a seed"),
 ]

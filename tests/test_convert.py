@@ -383,6 +383,7 @@ def _jsonl_source(tmp_path):
     (tmp_path / "private.png").write_bytes(_image("blue"))
     lines = [json.dumps(r) for r in rows]
     lines.insert(2, "{not json")
+    lines.insert(3, "[" * 100_000 + "]" * 100_000)  # nested deeper than the parser's recursion: skipped the same way
     (folder / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder / "data.jsonl"
 
@@ -402,8 +403,8 @@ def test_jsonl_with_a_field_map(tmp_path):
     ]
     assert images == [[_image("red")], [_image("red"), _image("blue")]]
     assert _text(result) == (
-        f"wrote 2 samples to {out / 'train.jsonl'}; skipped 6 rows (image path outside the input's folder: 2, "
-        "invalid JSON line: 1, empty answer: 1, missing image: 1, duplicate id: 1)"
+        f"wrote 2 samples to {out / 'train.jsonl'}; skipped 7 rows (invalid JSON line: 2, "
+        "image path outside the input's folder: 2, empty answer: 1, missing image: 1, duplicate id: 1)"
     )
 
 

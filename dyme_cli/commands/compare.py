@@ -33,11 +33,12 @@ def compare_command(
 ) -> None:
     """Train DyME, SFT, GRPO, SFT→GRPO and the paper's other switching strategies from the same start, on the
     same data and budget, and compare them on the recipe's test split."""
-    from ..compare import PLOT_FILE, RESULT_FILE, compare
+    from ..compare import PLOT_FILE, RESULT_FILE, check_methods, compare
     from ..recipe import load_recipe
     from ..trainer import TrainingInterrupted
 
     recipe = load_recipe(recipe_path)
+    chosen = check_methods(_items(methods, str, "--methods"))  # before the progress bar: an error is one line
     candidates, method_lrs = _learning_rates(lrs or "")
     if max_steps:
         recipe.train.max_steps = max_steps
@@ -46,7 +47,7 @@ def compare_command(
         task = progress.add_task("starting", total=None, stats="")
         try:
             comparison = compare(
-                recipe, methods=_items(methods, str, "--methods"), seeds=_items(seeds, int, "--seeds"),
+                recipe, methods=chosen, seeds=_items(seeds, int, "--seeds"),
                 lrs=candidates, method_lrs=method_lrs, val=val, out=out, selection_seed=selection_seed,
                 sft_fraction=sft_fraction, on_run=lambda label: progress.update(task, description=escape(label)),
                 on_message=lambda m: progress.console.print(escape(m)),

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument, interrupt_exit_code
-from ..ui import (console, err_console, image_check_progress, is_main_process, output_file, progress_bar,
-                  quiet_transformers)
+from ..ui import (answer_flag_option, console, err_console, image_check_progress, is_main_process, output_file,
+                  progress_bar, quiet_transformers)
 
 def eval_command(
     checkpoints: list[str] = typer.Option(
@@ -25,7 +25,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts per generate call."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N samples."),
     verifier: Optional[str] = typer.Option(None, "--verifier", help="Score every sample with this verifier instead of its task's."),
-    answer_flag: str = typer.Option("Answer:", "--answer-flag", help="Text that introduces the final answer."),
+    answer_flag: str = answer_flag_option(),
     prompt_template: Optional[str] = typer.Option(
         None, "--prompt-template", help="The user turn with a {question} placeholder (default: the template the "
         "checkpoint's run recorded, else the paper's instruction with --answer-flag)."),

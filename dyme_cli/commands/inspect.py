@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console, err_console, note, output_file
+from ..ui import answer_flag_option, console, err_console, note, output_file
 
 
 def inspect_traces(
@@ -23,7 +23,7 @@ def inspect_traces(
     flag: Optional[str] = typer.Option(None, "--flag", help="List only traces with this flag."),
     only_flagged: bool = typer.Option(False, "--only-flagged", help="List only traces with at least one flag."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="List at most N traces (table default: 30)."),
-    answer_flag: Optional[str] = typer.Option(None, "--answer-flag", help="Answer flag (default: the run's, else 'Answer:')."),
+    answer_flag: Optional[str] = answer_flag_option(None, "Answer flag (default: the run's, else 'Answer:')."),
     as_json: bool = typer.Option(False, "--json", help="Print per-trace flags and the summary as JSON."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report with plots."),
     checker_url: Optional[str] = typer.Option(

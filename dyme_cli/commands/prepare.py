@@ -14,7 +14,7 @@ import typer
 
 from ..errors import BadArgument, interrupt_exit_code
 from ..prepare.convert import SOURCES, Options, Report, convert_source, format_reasons, parse_field_map
-from ..ui import console, err_console
+from ..ui import answer_flag_option, console, err_console
 
 app = typer.Typer(help="Build datasets in dyme's JSONL schema.", no_args_is_help=True)
 
@@ -196,7 +196,7 @@ def prepare_refine(
     model: Annotated[str, typer.Option("--model", help="The served model's name.")],
     template: Annotated[Optional[str], typer.Option(
         "--template", help="The reference template: a file or the text (default: read, then compute, then conclude).")] = None,
-    answer_flag: Annotated[str, typer.Option("--answer-flag", help="Text that introduces the final answer.")] = "Answer:",
+    answer_flag: str = answer_flag_option(),
     api_key_env: Annotated[Optional[str], typer.Option(
         "--api-key-env", help="Environment variable holding the API key (the key itself is never an option).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Requests in flight.")] = 8,

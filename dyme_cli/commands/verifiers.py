@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadArgument
-from ..ui import console, image_check_progress
+from ..ui import answer_flag_option, console, image_check_progress
 
 app = typer.Typer(help="Verifier plugins: list the installed ones, check and calibrate one.", no_args_is_help=True)
 
@@ -47,7 +47,7 @@ def verifiers_check(
     calibrate: bool = typer.Option(False, "--calibrate", help="Score gold and perturbed completions built from --data."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset (JSONL schema) for --calibrate."),
     options: list[str] = typer.Option([], "--option", help="Verifier option as KEY=VALUE (VALUE read as JSON if it parses); repeatable."),
-    answer_flag: str = typer.Option("Answer:", "--answer-flag", help="Text that introduces the final answer."),
+    answer_flag: str = answer_flag_option(),
     timeout_s: float = typer.Option(5.0, "--timeout", min=0.01, help="Seconds allowed per verify call."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of tables."),
 ) -> None:

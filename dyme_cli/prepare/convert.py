@@ -202,7 +202,7 @@ def load_table(input_: str, opts: Options) -> Rows:
 def _read_json_list(path: Path) -> list[dict]:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8 or JSON, nested too deeply
         raise ConvertError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(records, list):
         raise ConvertError(f"{path}: expected a JSON list of records")
@@ -268,7 +268,7 @@ def _load_jsonl(input_: str, opts: Options) -> Rows:
     for line in filter(str.strip, lines):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, nested too deeply, a number of thousands of digits
             row = None
         rows.append(row if isinstance(row, dict) else None)
         columns.update(rows[-1] or ())
