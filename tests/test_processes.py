@@ -34,11 +34,13 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 
 def launch(args: list[str], cwd: Path, processes_: int = 2, wait: bool = True, config: str = "ddp",
-           path: Path | None = None):
-    """`accelerate launch --config_file recipes/accelerate/CONFIG.yaml -m dyme_cli ARGS` with one thread per
-    process (and `path` on the processes' PYTHONPATH)."""
-    command = [str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / f"{config}.yaml"),
-               "--num_processes", str(processes_), "--main_process_port", str(_free_port()), "-m", "dyme_cli", *args]
+           path: Path | None = None, via_dyme: bool = False):
+    """`accelerate launch --config_file recipes/accelerate/CONFIG.yaml -m dyme_cli ARGS` (or `dyme launch
+    --config_file ... ARGS`) with one thread per process (and `path` on the processes' PYTHONPATH)."""
+    options = ["--config_file", str(REPO / "recipes" / "accelerate" / f"{config}.yaml"),
+               "--num_processes", str(processes_), "--main_process_port", str(_free_port())]
+    command = ([sys.executable, "-m", "dyme_cli", "launch", *options, *args] if via_dyme
+               else [str(ACCELERATE), "launch", *options, "-m", "dyme_cli", *args])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
@@ -57,9 +59,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _launched_until(ready, args: list[str], cwd: Path, config: str = "ddp") -> subprocess.Popen:
+def _launched_until(ready, args: list[str], cwd: Path, config: str = "ddp", via_dyme: bool = False
+                    ) -> subprocess.Popen:
     """A launched job, once `ready()` holds (or the job ended, or 4 minutes passed)."""
-    job = launch(args, cwd, wait=False, config=config)
+    job = launch(args, cwd, wait=False, config=config, via_dyme=via_dyme)
     deadline = time.monotonic() + 240
     while not ready() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -302,15 +305,26 @@ def test_a_scheduler_sigterm_stops_every_process_after_the_same_step_with_one_ch
     recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
     run = tmp_path / "run"
     logged = run / "metrics.jsonl"
-    job = _launched_until(lambda: logged.is_file() and logged.read_text().strip(), ["train", str(recipe_file)], tmp_path)
+    job = _launched_until(lambda: logged.is_file() and logged.read_text().strip(), ["train", str(recipe_file)], tmp_path,
+                          via_dyme=True)
     os.killpg(job.pid, signal.SIGTERM)
     output = job.communicate(timeout=120)[0].decode()
     steps = [m["step"] for m in _lines(run / "metrics.jsonl")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 200, output
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps[-1]:06d}"], output
     assert "SIGTERM: stopped after step" in output
+    assert job.returncode == 128 + signal.SIGTERM and "Traceback" not in output, output  # the signal's code, no trace
     recipe.train.max_steps = steps[-1] + 1
     assert train(recipe, resume=True).steps == steps[-1] + 1
+
+
+def test_a_mistake_in_a_launched_run_is_one_line_and_exit_2_like_one_process(tmp_path, chart_data):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe_to_toml(small_recipe(chart_data, tmp_path / "run")).replace("max_steps", "max_step"))
+    job = launch(["train", str(recipe)], tmp_path, wait=False, via_dyme=True)
+    output = job.communicate(timeout=300)[0].decode()
+    assert job.returncode == 2, output
+    assert output.strip().splitlines() == [f"error: {recipe}: [train].max_step: unknown key"]  # no launcher report
 
 
 @pytest.mark.parametrize("sizes, world", [([5, 1, 9, 3, 3, 7, 2], 2), ([4] * 7, 3), ([10, 1], 3), ([], 2)])
