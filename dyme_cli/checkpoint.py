@@ -5,6 +5,7 @@ run's Parallel says, and read back only as tensors and plain values.
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 
@@ -26,13 +27,63 @@ def save_checkpoint(engine: Engine, run: RunDir, step: int) -> Path:
     model = engine.policy.model
     weights = engine.parallel.model_state(model)
     optimizer = engine.parallel.optimizer_state(model, engine.optimizer)
+    failed: CheckpointNotWritten | None = None
     if processes.is_main():
-        write_checkpoint(engine, run, step, weights, optimizer)
-    processes.wait_for_everyone()
+        try:
+            write_checkpoint(engine, run, step, weights, optimizer)
+        except CheckpointNotWritten as exc:
+            failed = exc
+    if processes.any_process(failed is not None):  # every process waits for the main one, and stops with it
+        raise failed or RunDirError(f"step {step}: the main process could not write the checkpoint")
     return run.checkpoint(step)
 
 
+class CheckpointNotWritten(RunDirError):
+    """The disk (or the quota) filled up while a checkpoint was written: nothing of it is kept, the earlier ones are
+    untouched."""
+
+    def __init__(self, step: int, run: RunDir, needed: int):
+        kept = run.checkpoints()
+        since = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was saved"
+        super().__init__(f"step {step}: no space left on the device of {run.path} for its checkpoint (about "
+                         f"{needed / 2**20:,.0f} MiB); nothing of it was kept and {since}; free the space and "
+                         "continue with --resume")
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether a failed write ran out of disk or quota: an OSError saying so, or the message safetensors and
+    torch.save turn it into."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(sign in text for sign in ("No space left on device", "os error 28", "Disk quota exceeded",
+                                         "file write failed"))
+
+
+def tensor_bytes(state) -> int:
+    """The bytes of every tensor in a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(value) for value in state)
+    return 0
+
+
 def write_checkpoint(engine: Engine, run: RunDir, step: int, weights: dict | None, optimizer: dict) -> None:
+    """The checkpoint of `step`, written atomically; CheckpointNotWritten when the disk fills up on the way."""
+    try:
+        _write(engine, run, step, weights, optimizer)
+    except Exception as exc:
+        if not out_of_space(exc):
+            raise
+        model = engine.accelerator.unwrap_model(engine.policy.model)
+        raise CheckpointNotWritten(step, run, tensor_bytes(weights or model.state_dict()) + tensor_bytes(optimizer)
+                                   ) from None
+
+
+def _write(engine: Engine, run: RunDir, step: int, weights: dict | None, optimizer: dict) -> None:
     with run.new_checkpoint(step, keep=engine.recipe.run.keep_checkpoints) as directory:
         save_policy(engine.policy, directory, engine.accelerator.unwrap_model(engine.policy.model), state_dict=weights)
         state = {

@@ -3,6 +3,7 @@ user error the engine raises into one line and exit code 2."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -41,6 +42,8 @@ class _Commands(TyperGroup):
             except UserError as exc:
                 fail(str(exc))
             except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk: what was kept is the files' own rule
+                    fail(f"{exc.filename or 'writing'}: {exc.strerror}; free some space (a run continues with --resume)")
                 if exc.filename is None:  # not about a path the user named: a bug or a system failure, keep the trace
                     raise
                 fail(f"{exc.filename}: {exc.strerror or first_line(exc)}")

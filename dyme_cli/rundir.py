@@ -244,8 +244,12 @@ class RunDir:
         tmp = final.parent / f".tmp-{final.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        yield tmp
-        sync_tree(tmp)
+        try:
+            yield tmp
+            sync_tree(tmp)
+        except BaseException:  # a full disk, a signal: the half-written checkpoint goes (and frees its space)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -213,3 +213,49 @@ def test_resuming_a_finished_run_says_so_instead_of_showing_an_empty_bar(tmp_pat
     assert again.exit_code == 0
     assert "the run is already at step 1 of 1: nothing to train" in " ".join(again.output.split())
     assert "0/1" not in again.output and "starting" not in again.output
+
+
+def test_a_disk_that_fills_up_while_a_checkpoint_is_written_keeps_the_last_one_and_says_how_much_is_needed(
+        tmp_path, chart_data, monkeypatch):
+    import dyme_cli.checkpoint as checkpoint
+    from dyme_cli.checkpoint import CheckpointNotWritten
+
+    recipe = small_recipe(chart_data, tmp_path / "run")  # 4 steps, a checkpoint every 2
+    real_save = checkpoint.torch.save
+
+    def save(state, path, *args, **kwargs):
+        if state["step"] == 4:  # what torch.save says when the device is full
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
+        return real_save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    with pytest.raises(CheckpointNotWritten) as info:
+        train(recipe)
+    run = tmp_path / "run"
+    message = str(info.value)
+    assert message.startswith(f"step 4: no space left on the device of {run} for its checkpoint (about ")
+    assert message.endswith(f"MiB); nothing of it was kept and the last checkpoint is {run / 'checkpoints' / 'step-000002'}; "
+                            "free the space and continue with --resume")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]  # no half-written step-4
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert train(recipe, resume=True).steps == 4
+
+
+def test_a_full_disk_while_logging_is_one_line(tmp_path, chart_data, monkeypatch):
+    import errno
+
+    import dyme_cli.rundir as rundir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir, "append_jsonl", full)
+    recipe = tmp_path / "recipe.toml"
+    from dyme_cli.recipe import recipe_to_toml
+
+    recipe.write_text(recipe_to_toml(small_recipe(chart_data, tmp_path / "run")))
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == ("error: writing: No space left on device; free some space (a run "
+                                                      "continues with --resume)")
