@@ -163,7 +163,7 @@ def _score(policy: Policy, backend: Backend, chunk: Sequence[Sample], verifiers:
     """(sample, task, its completions with their verdicts) for each sample of `chunk`."""
     if not chunk:
         return []
-    prompts = [prompt_input(policy, s, prompt_template) for s in chunk]
+    prompts = [prompt_input(policy, s, prompt_template, max_new_tokens) for s in chunk]
     groups = backend.generate(prompts, num_generations=samples_per_prompt, max_new_tokens=max_new_tokens,
                               sampling=sampling, batch_size=len(chunk))
     tasks = [verifier or s.task for s in chunk]

@@ -213,6 +213,15 @@ def context_length(config) -> int | None:
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
+def check_reads_images(policy: Policy, name: str, samples: Iterable[Sample], where: str) -> None:
+    """ModelLoadError when a text-only model is given samples with images: it would drop them without a word and
+    learn or be scored on the questions alone."""
+    with_images = sum(1 for sample in samples if sample.images)
+    if policy.text_only and with_images:
+        raise ModelLoadError(f"{where}: {with_images} samples have images, and the model '{name}' reads text only "
+                             "(it would never see them); use a vision-language model, or a dataset without images")
+
+
 def check_completion_length(max_new_tokens: int, context: int | None, prompt_tokens: int = 1) -> None:
     """RecipeError when a prompt of `prompt_tokens` plus `max_new_tokens` cannot fit the model's positions."""
     if context is not None and prompt_tokens + max_new_tokens > context:

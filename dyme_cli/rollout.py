@@ -16,8 +16,8 @@ from typing import NamedTuple, Protocol, Sequence
 
 import torch
 
-from .data import QUESTION, Sample, chat_messages, load_images
-from .modeling import Policy, tokenizer_of
+from .data import QUESTION, DataError, Sample, chat_messages, load_images
+from .modeling import Policy, context_length, tokenizer_of
 
 
 @dataclass
@@ -36,9 +36,20 @@ class PromptInput(NamedTuple):
     prompt: dict[str, torch.Tensor]
 
 
-def prompt_input(policy: Policy, sample: Sample, template: str = QUESTION) -> PromptInput:
+def prompt_input(policy: Policy, sample: Sample, template: str = QUESTION, max_new_tokens: int | None = None
+                 ) -> PromptInput:
+    """The rendered and encoded prompt of `sample`; with `max_new_tokens`, DataError (one line naming the sample)
+    when the prompt and that many new tokens cannot fit the model's positions (a long question, many images)."""
     text = prompt_text(policy.processor, policy.text_only, sample, template)
-    return PromptInput(sample, text, encode_text(policy.processor, policy.text_only, sample, text))
+    prompt = PromptInput(sample, text, encode_text(policy.processor, policy.text_only, sample, text))
+    context = context_length(policy.model.config)
+    tokens = prompt.prompt["input_ids"].shape[-1]
+    if max_new_tokens is not None and context is not None and tokens + max_new_tokens > context:
+        images = image_token_count(policy.processor, prompt.prompt["input_ids"])
+        raise DataError(f"sample '{sample.id}': its prompt of {tokens} tokens ({images} of them image tokens) and "
+                        f"{max_new_tokens} new tokens do not fit the model's context of {context} positions; shorten "
+                        "the question, give fewer or smaller images, or lower the completion length")
+    return prompt
 
 
 def encode_prompt(policy: Policy, sample: Sample, template: str = QUESTION) -> dict[str, torch.Tensor]:

@@ -20,8 +20,8 @@ from . import processes
 from .checkpoint import LOAD_ERRORS, load_checkpoint, restore_state
 from .data import Sample, Samples, target_text, task_lines, user_text
 from .errors import first_line
-from .modeling import (Policy, check_completion_length, context_length, load_for_recipe, prepare_for_training,
-                       resolve_model_path)
+from .modeling import (Policy, check_completion_length, check_reads_images, context_length, load_for_recipe,
+                       prepare_for_training, resolve_model_path)
 from .optim import build_optimizer
 from .plugins import load_verifiers
 from .processes import DataParallel, Parallel
@@ -71,6 +71,8 @@ def start_run(held: ExitStack, recipe: Recipe, run: RunDir, *, total: int, resum
     policy = start.policy
     prepare_for_training(policy, recipe.model)
     check_completion_length(recipe.rollout.max_new_tokens, context_length(policy.model.config))
+    check_reads_images(policy, recipe.model.name_or_path, samples, f"[data].train {recipe.data.train}")
+    check_reads_images(policy, recipe.model.name_or_path, test_samples or [], f"[data].test {recipe.data.test}")
     warn_long_targets(policy, samples, recipe, on_message)
     processes.wait_for_everyone()  # all have loaded their start before damaged checkpoints are moved aside
     if processes.is_main():

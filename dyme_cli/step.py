@@ -135,7 +135,7 @@ def cached_prompt(engine: Engine, sample: Sample) -> PromptInput:
     up to PROMPT_CACHE_BYTES of tensors."""
     cached = engine.prompt_cache.get(sample.id)
     if cached is None:
-        cached = prompt_input(engine.policy, sample, engine.recipe.prompt_template)
+        cached = prompt_input(engine.policy, sample, engine.recipe.prompt_template, engine.recipe.rollout.max_new_tokens)
         size = sum(t.numel() * t.element_size() for t in cached.prompt.values())
         if engine.prompt_cache_bytes + size <= PROMPT_CACHE_BYTES:
             engine.prompt_cache[sample.id] = cached

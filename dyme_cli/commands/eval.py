@@ -87,10 +87,11 @@ def _evaluate_checkpoint(checkpoint: str, label: str, samples, pool, report, pro
     from accelerate import PartialState
 
     from ..evaluate import evaluate, trace_writer
-    from ..modeling import load_policy
+    from ..modeling import check_reads_images, load_policy
     from ..rundir import checkpoint_step
 
     policy = load_policy(checkpoint)
+    check_reads_images(policy, checkpoint, samples, "--data")
     policy.model.to(PartialState().device)  # this process's GPU (or the CPU)
     write = traces_out and is_main_process()
     on_group = trace_writer(traces_out, run=label, step=checkpoint_step(checkpoint) or 0) if write else None
