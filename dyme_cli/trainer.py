@@ -154,6 +154,8 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
                    "(or pass --max-steps) to train further")
     if recipe.run.eval_before and engine.test_samples and start == 0:
         result.before = run_eval(engine, 0)
+    if start and processes.is_main():
+        report_process_change(run, start, on_message)
 
     failure_reports, nonfinite_streak = 0, 0
     with StopRequest(on_message) as stop:
@@ -170,7 +172,7 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
                 metrics.eval_accuracy, metrics.eval_format_rate = eval_scores(report)
                 if step == total:
                     result.after = report
-            record = metrics.record()
+            record = {**metrics.record(), "processes": processes.count()}
             if processes.is_main():
                 run.append_metrics(record)
                 run.append_traces(outcome.traces)
@@ -227,6 +229,16 @@ def report_verifier_failures(step: int, failures: list[str], reported: int, on_m
         if reported == FAILURE_REPORTS:
             on_message(f"further verifier failures are only counted (verifier_errors in {METRICS_FILE})")
     return reported
+
+
+def report_process_change(run: RunDir, start: int, on_message: Callable[[str], None]) -> None:
+    """Say so when a resumed run goes on with another number of processes than its last step ran on: the same run
+    up to float reduction order, which a long run can amplify into other figures."""
+    ran_on = next((m.get("processes") for m in reversed(run.metrics()) if m.get("step") == start), None)
+    now = processes.count()
+    if ran_on is not None and ran_on != now:
+        on_message(f"step {start} ran on {ran_on} process{'es' if ran_on > 1 else ''}, the run goes on with {now}: the "
+                   "same run up to float reduction order, so its figures can differ from one that never changed")
 
 
 def report_unweighed_rewards(step: int, weights: dict[str, float], traces, on_message: Callable[[str], None]) -> None:

@@ -208,9 +208,12 @@ def test_a_run_of_one_process_resumes_sharded_on_two(tmp_path, chart_data):
     recipe = small_recipe(chart_data, tmp_path / "run", max_steps=2, prompts_per_step=4)
     train(recipe)
     recipe_file = _recipe_file(recipe, tmp_path / "recipe.toml")
-    launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path, config="fsdp2")
+    done = launch(["train", str(recipe_file), "--resume", "--max-steps", "4"], tmp_path, config="fsdp2")
     assert [m["step"] for m in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [m["processes"] for m in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 1, 2, 2]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert "step 2 ran on 1 process, the run goes on with 2: the same run up to float reduction order" in " ".join(
+        done.stdout.split())
 
 
 def _relabelled(chart_data: Path, folder: Path, task: str) -> Path:
