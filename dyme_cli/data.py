@@ -27,6 +27,7 @@ class DataError(UserError, ValueError):
 
 
 MAX_TEXT_CHARS = 100_000  # a question, answer or reference longer than this is not one sample's text (tokenizers choke)
+MAX_NAME_CHARS, MAX_PATH_CHARS = 255, 4096  # the longest file name and path Linux and macOS file systems take
 MAX_ANSWER_CHARS = 4096  # a gold answer is what follows the answer flag: a value, a label, an expression
 #: What the supported processors expand into image (or video) tokens: in a sample's text it would ask for an image
 #: the sample does not give, and the processor refuses the prompt (or, worse, places an image where text was).
@@ -168,6 +169,9 @@ def _located_images(where: str, sample: Sample, allow_external: bool) -> list[Pa
     folder = sample.root.resolve()
     located = []
     for name, image in zip(sample.images, sample.image_paths()):
+        if len(name) > MAX_PATH_CHARS or any(len(part) > MAX_NAME_CHARS for part in Path(name).parts):
+            raise DataError(f"{where}: field 'images': the path {name[:40]!r}... ({len(name)} characters) is too long "
+                            f"for a file system (a name of at most {MAX_NAME_CHARS}, a path of {MAX_PATH_CHARS})")
         try:
             resolved = image.resolve()
         except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte in the name

@@ -14,7 +14,7 @@ import torch
 
 from . import processes
 from .checkpoint import save_checkpoint
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, first_line
 from .evaluate import EvalReport, evaluate, trace_writer
 from .optim import local
 from .recipe import Recipe
@@ -65,6 +65,23 @@ class WeightsNotFinite(UserError):
         since = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
         super().__init__(f"step {step}: the update made some weights non-finite though the loss and gradient were "
                          f"finite; lower [optim].lr, weight_decay or betas; {since}, nothing later was saved")
+
+
+class OutOfMemory(UserError):
+    """A step needed more memory than the device (or host) has."""
+
+    def __init__(self, step: int, checkpoint: Path | None, detail: str):
+        since = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(f"step {step}: out of memory ({detail[:160]}); `dyme train RECIPE --dry-run` plans what each "
+                         "process holds: lower [optim].micro_batch_size, [rollout].prompts_per_generate or "
+                         f"max_new_tokens, or shard the model (dyme launch with recipes/accelerate/fsdp2.yaml); {since}")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    text = str(exc)
+    return (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "DefaultCPUAllocator: not enough memory" in text)
 
 
 @dataclass
@@ -164,6 +181,10 @@ def run_steps(engine: Engine, on_step: Callable[[int, int, StepMetrics], None] |
                 outcome = dyme_step(engine, step)
             except KeyboardInterrupt as exc:  # a second stop signal: the step is given up
                 raise StepAbandoned(step, result.checkpoint, getattr(exc, "signum", signal.SIGINT)) from None
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc):
+                    raise
+                raise OutOfMemory(step, result.checkpoint, first_line(exc)) from None
             metrics = outcome.metrics
             if processes.any_process(not weights_finite(engine.policy.model)):
                 raise WeightsNotFinite(step, result.checkpoint)

@@ -194,6 +194,14 @@ def _resume_with_another_model_shape(x: Inputs) -> list[str]:
     return [*args, "--allow-recipe-change"]
 
 
+def _resume_adding_lora(x: Inputs) -> list[str]:
+    """`--resume --allow-recipe-change` with LoRA adapters the checkpoints do not have."""
+    args = _resume(_checkpoint_copy(x))
+    recipe = Path(args[1])
+    recipe.write_text(recipe.read_text() + "\n[model.lora]\nr = 4\n")
+    return [*args, "--allow-recipe-change"]
+
+
 def _damaged_checkpoint(x: Inputs, command: str) -> list[str]:
     """A checkpoint whose weights file was cut short (a copy interrupted, a full disk)."""
     step = sorted(_checkpoint_copy(x).glob("checkpoints/step-*"))[-1]
@@ -319,6 +327,8 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("data-repeated-id", lambda x: x.train_on(x.sample(id="a"), x.sample(id="a")), "data.jsonl:2: field 'id': 'a' is already the id of line 1"),
     ("data-images-not-a-list", lambda x: x.train_on(x.sample(images="images/0.png")), "data.jsonl:1: field 'images': Input should be a valid list"),
     ("data-image-missing", lambda x: x.train_on(x.sample(images=["images/none.png"])), "data.jsonl:1: field 'images'"),
+    ("image-path-too-long", lambda x: x.train_on(x.sample(images=["images/" + "a" * 5000 + ".png"])),
+     "data.jsonl:1: field 'images': the path 'images/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'... (5011 characters) is too long"),
     ("image-truncated", lambda x: x.train_on(x.sample(images=[_image(x, "cut.png", _png(x)[:60])])), "data.jsonl:1: field 'images'"),
     ("image-not-an-image", lambda x: x.train_on(x.sample(images=[_image(x, "page.png", b"<html></html>")])), "data.jsonl:1: field 'images'"),
     ("image-empty", lambda x: x.train_on(x.sample(images=[_image(x, "empty.png", b"")])), "data.jsonl:1: field 'images'"),
@@ -373,9 +383,9 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("eval-template-without-question", lambda x: ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(x.chart / "test.jsonl"),
                                                   "--prompt-template", "Look."], "--prompt-template must contain {question}"),
     ("prepare-negative-count", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--n-train", "-5"],
-     "Invalid value for '--n-train': Input should be greater than or equal to 1"),
+     "--n-train -5: must be between 1 and 10,000,000"),
     ("prepare-no-test-samples", lambda x: ["prepare", "synthetic-math", "--out", str(x.tmp / "p"), "--n-test", "0"],
-     "Invalid value for '--n-test': Input should be greater than or equal to 1"),
+     "--n-test 0: must be between 1 and 10,000,000"),
     ("eval-samples-unbounded", lambda x: ["eval", "--checkpoint", "tiny:smolvlm", "--data", str(x.chart / "test.jsonl"),
                                           "--samples", "100000"], "Invalid value for '--samples': Input should be less than or equal to 1024"),
     ("prepare-bad-bars", lambda x: ["prepare", "synthetic-chart", "--out", str(x.tmp / "p"), "--max-bars", "9"], "bars must satisfy"),
@@ -422,6 +432,7 @@ CASES: list[tuple[str, Callable[[Inputs], list[str]], str]] = [
     ("resume-without-recorded-recipe", _resume_without_recipe, "recipe.toml is missing, so nothing says what the run there was trained with"),
     ("resume-with-another-model-shape", _resume_with_another_model_shape,
      "was trained with another model: [model.tiny].hidden_size 32 -> 48; its checkpoints cannot take that change, not even with --allow-recipe-change"),
+    ("resume-adding-lora", _resume_adding_lora, "was trained with another model: [model.lora].r (not set) -> 4"),
     ("eval-damaged-checkpoint", lambda x: _damaged_checkpoint(x, "eval"), "cannot load model"),
     ("export-damaged-checkpoint", lambda x: _damaged_checkpoint(x, "export"), "cannot load model"),
     ("eval-truncated-gguf", _truncated_gguf, "cannot load model"),

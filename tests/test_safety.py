@@ -259,3 +259,27 @@ def test_a_full_disk_while_logging_is_one_line(tmp_path, chart_data, monkeypatch
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == ("error: writing: No space left on device; free some space (a run "
                                                       "continues with --resume)")
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+], ids=["cpu-allocator", "memory-error"])
+def test_a_step_that_runs_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, chart_data, monkeypatch, failure):
+    import dyme_cli.trainer as trainer
+
+    real_step = trainer.dyme_step
+
+    def step(engine, number):
+        if number == 3:
+            raise failure
+        return real_step(engine, number)
+
+    monkeypatch.setattr(trainer, "dyme_step", step)
+    with pytest.raises(trainer.OutOfMemory) as info:
+        train(small_recipe(chart_data, tmp_path / "run"))
+    message = str(info.value)
+    assert message.startswith("step 3: out of memory (") and "\n" not in message
+    assert "lower [optim].micro_batch_size" in message
+    assert message.endswith(f"the last checkpoint is {tmp_path / 'run' / 'checkpoints' / 'step-000002'}")

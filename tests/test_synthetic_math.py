@@ -125,7 +125,7 @@ def test_cli_writes_the_data(tmp_path):
         (["--min-steps", "1"], "2 <= min_steps"),
         (["--max-number", "5"], "max_number must be at least 10"),
         (["--reference-quality", "great"], "not 'great'"),
-        (["--n-train", "0"], "n_train must be at least 1"),
+        (["--n-train", "0"], "--n-train 0: must be between 1 and 10,000,000"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):

@@ -168,7 +168,7 @@ def test_cli_writes_the_data(tmp_path):
         (["--kinds", "count,size"], "unknown question kind(s): size"),
         (["--kinds", ","], "none given"),
         (["--reference-quality", "great"], "not 'great'"),
-        (["--n-test", "-1"], "n_test at least 0"),
+        (["--n-test", "-1"], "--n-test -1: must be between 1 and 10,000,000"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):

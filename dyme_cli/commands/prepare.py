@@ -18,8 +18,9 @@ from ..ui import answer_flag_option, console, err_console
 
 app = typer.Typer(help="Build datasets in dyme's JSONL schema.", no_args_is_help=True)
 
-N_TRAIN = typer.Option(2000, "--n-train", min=1, max=10_000_000, help="Training samples.")
-N_TEST = typer.Option(200, "--n-test", min=1, max=10_000_000, help="Held-out samples.")
+N_TRAIN = typer.Option(2000, "--n-train", help="Training samples (1 to 10,000,000).")
+N_TEST = typer.Option(200, "--n-test", help="Held-out samples (1 to 10,000,000).")
+MAX_SAMPLES = 10_000_000
 SEED = typer.Option(0, "--seed", help="Random seed; the same seed writes the same data.")
 WITH_IMAGES = "Output folder for train.jsonl, test.jsonl and images/."
 
@@ -49,6 +50,9 @@ def _fresh(out: Path, names: list[str], overwrite: bool) -> None:
 
 
 def _write(generate, out: Path, overwrite: bool, **settings) -> None:
+    for option, count in (("--n-train", settings["n_train"]), ("--n-test", settings["n_test"])):
+        if not 1 <= count <= MAX_SAMPLES:  # an empty split would be written without a word
+            raise BadArgument(f"{option} {count}: must be between 1 and {MAX_SAMPLES:,}")
     _fresh(out, ["train.jsonl", "test.jsonl"], overwrite)
     counts = generate(out, **settings)
     console.print(f"wrote {counts['train']} train and {counts['test']} test samples to {out}")
