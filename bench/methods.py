@@ -55,7 +55,8 @@ KNOWN_SPREAD = ("known spread (README, Quick start): over model seeds 0-2, DyME 
                 "the same seed-0 run six times on one machine: DyME 48.5 (four quiet runs), 46.5, 36.5 (a float "
                 "drift being tracked), SFT 54.5 each time; data draw 1: base 52.5, DyME 26.8 +/- 2.1, "
                 "SFT 54.5 +/- 2.2; "
-                "over CPU models: not measured")
+                "another torch version (2.11.0, on an Intel Xeon): 5 steps already end 4.8e-4 apart, expect "
+                "anywhere in the two spreads above; two CPU models at one torch version: not measured")
 K = 4  # rollouts per prompt: with K = 2 the paper's threshold (t = 0.5) would be DyME's own rule
 DEMO = tomllib.loads((REPO / "recipes" / "demo.toml").read_text(encoding="utf-8"))
 

@@ -10,11 +10,16 @@ the run under this machine's defaults, how far they are from them, and the time.
 
 PORTABLE_CPU pins all four: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL's compatible branch (the same code path
 on every x86 CPU, Intel or AMD: MKL's conditional numerical reproducibility) and two threads. Under it, every x86-64
-CPU with AVX2 (Intel since 2013, every AMD Zen) selects the same kernels. That has not been checked on a second CPU
-model: on one AMD EPYC with AVX-512, the pinned run kept its weights with MKL capped at AVX2 too, as on an AVX2-only
-CPU. It does not cover CPUs without AVX2, ARM (Apple silicon, Graviton) or GPUs, nor a drift seen in two of six
-runs of one DyME recipe (one while another process shared the CPU, one after six other runs in the same process),
-which is being tracked. bench/methods.py runs under it.
+CPU with AVX2 (Intel since 2013, every AMD Zen) selects the same kernels: on one AMD EPYC with AVX-512, the pinned
+run kept its weights with MKL capped at AVX2 too, as on an AVX2-only CPU. It does not make runs equal across torch
+versions: the same 5 steps under PORTABLE_CPU on an Intel Xeon with torch 2.11.0 and on an AMD EPYC with torch 2.14.1
+started from the same data and base model (equal digests) and ended with other weights (largest |dw| 4.8e-4; the
+step-1 gradient norm differed in its 6th digit, 2.420133 against 2.420120), while on each machine PORTABLE_CPU and
+the default kernels ended within 1.3e-6 of each other. The kernels being pinned alike on both, the torch version is
+the likely cause, but the two were not separated: two CPU models at one torch version have not been compared. Nor does it cover CPUs without AVX2, ARM (Apple silicon, Graviton) or GPUs, nor a drift seen in two
+of six runs of one DyME recipe (one while another process shared the CPU, one after six other runs in the same
+process), which is being tracked. bench/methods.py runs under it. To compare two machines, run this on both and
+compare the PORTABLE_CPU row's weights digest (and the base model's, printed last).
 
     python bench/rounding.py [--out runs/bench-rounding] [--steps 5]
 """
@@ -22,6 +27,7 @@ which is being tracked. bench/methods.py runs under it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -72,6 +78,11 @@ def recipe_for(out: Path, data: Path, steps: int, model_keys: dict) -> str:
     return recipe_to_toml(recipe_from_dict(raw))
 
 
+def digest(tensors: dict) -> str:
+    """A short hash of every tensor's bytes, in name order: equal on two machines only if every weight is."""
+    return hashlib.sha256(b"".join(tensors[k].numpy().tobytes() for k in sorted(tensors))).hexdigest()[:16]
+
+
 def largest_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in b)
 
@@ -85,7 +96,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     data = args.out / "data"
     generate(data, n_train=256, n_test=8, seed=7, min_bars=3, max_bars=3, max_value=5)
-    print(f"{'setting':40} {'= defaults':>10} {'max |dw|':>9} {'= PORTABLE':>10} {'s':>6}")
+    print(f"{'setting':40} {'= defaults':>10} {'max |dw|':>9} {'= PORTABLE':>10} {'s':>6}  weights digest")
     kept: dict[str, dict] = {}
     for i, (name, env, model_keys) in enumerate(SETTINGS):
         out = args.out / f"run-{i}"
@@ -100,10 +111,12 @@ def main() -> None:
         moved = largest_difference(kept[name], defaults)
         pinned = ("-" if portable is None or name == "PORTABLE_CPU"
                   else "yes" if largest_difference(kept[name], portable) == 0 else "no")
-        print(f"{name:40} {'yes' if moved == 0 else 'no':>10} {moved:9.1e} {pinned:>10} {seconds:6.1f}", flush=True)
+        print(f"{name:40} {'yes' if moved == 0 else 'no':>10} {moved:9.1e} {pinned:>10} {seconds:6.1f}  "
+              f"{digest(kept[name])}", flush=True)
     print(f"torch {torch.__version__}; {args.steps} DyME steps of recipes/demo.toml; "
           f"'= defaults', 'max |dw|': against the first row; "
-          "'= PORTABLE': against the PORTABLE_CPU row")
+          "'= PORTABLE': against the PORTABLE_CPU row; the digest of the trained weights (compare it between "
+          f"machines); the base model's: {digest(load_file(args.out / 'run-0' / 'base-model' / 'model.safetensors'))}")
 
 
 if __name__ == "__main__":
