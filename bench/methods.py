@@ -78,12 +78,11 @@ def recipe_toml(*, model: str, train: Path, test: Path, out: Path, algorithm: st
     return recipe_to_toml(recipe_from_dict(raw))
 
 
-def dyme(*args: str, portable: bool, quiet: bool = False) -> None:
+def dyme(*args: str, portable: bool) -> None:
     """Runs `dyme ARGS`, under PORTABLE_CPU's kernel settings where `portable` (the same kernels on every x86-64
     CPU with AVX2, bench/rounding.py)."""
     print("$ dyme " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True,
-                   stdout=subprocess.DEVNULL if quiet else None, env=portable_env() if portable else None)
+    subprocess.run([sys.executable, "-m", "dyme_cli.cli", *args], check=True, env=portable_env() if portable else None)
 
 
 def readme_setting(args, parser: argparse.ArgumentParser) -> bool:
@@ -143,7 +142,7 @@ def weak_base(out: Path, train: Path, test: Path, pretrain: Path, args) -> Path:
         texts = [user_text(s, QUESTION) + " " + target_text(s, "Answer:") for s in read_samples(train)]
         build_tiny("smolvlm", built, ["User: Assistant:", *texts], TinyModel(**DEMO["model"]["tiny"]))
     print(f"weak base: {args.pretrain_steps} steps of answer-only SFT on {args.pretrain_kinds} questions", flush=True)
-    dyme("train", str(out / "base.toml"), portable=args.portable_cpu, quiet=True)
+    dyme("train", str(out / "base.toml"), portable=args.portable_cpu)  # its progress shows (a line per 10 steps in a log)
     return final
 
 

@@ -102,7 +102,7 @@ def warm_base(out: Path, model: Path, val: Path, warmup: Path, args) -> Path:
     write_once(out / "base.toml", recipe)
     if not final.is_dir():
         print(f"warm-up: {args.warmup_steps} steps of answer-only SFT on {args.warmup_kinds} questions", flush=True)
-        dyme("train", str(out / "base.toml"), portable=True, quiet=True)
+        dyme("train", str(out / "base.toml"), portable=True)
     return final
 
 

@@ -227,6 +227,8 @@ class RunSection(_Section):
     output_dir: Path = Path("runs/dyme")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     save_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1, description="when the output is no terminal (a file, a pipe, a scheduler's log): "
+                           "a plain line every N steps, and at every evaluation and checkpoint")
     keep_checkpoints: int = Field(2, ge=1)
     eval_before: bool = False
     eval_after: bool = False

@@ -56,8 +56,8 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 #: Keys that decide the shape of the trained weights: a checkpoint cannot be read under another value, so a resumed
 #: run refuses to change them even with --allow-recipe-change (the recorded recipe would no longer describe it).
 SHAPE_KEYS = ("model.name_or_path", "model.tiny.*", "model.lora.*")
-RESUMABLE_KEYS = ("train.max_steps", "run.save_every", "run.keep_checkpoints", "run.output_dir", "run.eval_*",
-                  "run.report_to", "verifier.workers", "verifier.timeout_s")
+RESUMABLE_KEYS = ("train.max_steps", "run.save_every", "run.log_every", "run.keep_checkpoints", "run.output_dir",
+                  "run.eval_*", "run.report_to", "verifier.workers", "verifier.timeout_s")
 CHANGES_SHOWN = 3  # changed keys a refusal names
 _ABSENT = object()  # a key one of two recipes compared does not set
 

@@ -20,8 +20,8 @@ from . import processes
 from .checkpoint import LOAD_ERRORS, load_checkpoint, restore_state
 from .data import Sample, Samples, target_text, task_lines, user_text
 from .errors import first_line
-from .modeling import (Policy, check_completion_length, check_reads_images, context_length, load_for_recipe,
-                       prepare_for_training, resolve_model_path)
+from .modeling import (Policy, check_completion_length, check_reads_images, context_length, gguf_file, is_tiny,
+                       load_for_recipe, prepare_for_training, resolve_model_path)
 from .optim import build_optimizer
 from .plugins import load_verifiers
 from .processes import DataParallel, Parallel
@@ -66,7 +66,7 @@ def start_run(held: ExitStack, recipe: Recipe, run: RunDir, *, total: int, resum
     torch.manual_seed(recipe.run.seed)
     random.seed(recipe.run.seed)
     texts = [user_text(s, recipe.prompt_template) + " " + target_text(s, recipe.verifier.answer_flag) for s in samples]
-    base_path = processes.on_main(lambda: base_model(recipe, run, texts))
+    base_path = processes.on_main(lambda: base_model(recipe, run, texts, on_message))
     start = starting_point(recipe, run, base_path, resume, on_message)
     policy = start.policy
     prepare_for_training(policy, recipe.model)
@@ -248,11 +248,18 @@ def check_run_dir(run: RunDir, recipe_toml: str, resume: bool, allow_recipe_chan
     return changes
 
 
-def base_model(recipe: Recipe, run: RunDir, texts: list[str]) -> str:
+def base_model(recipe: Recipe, run: RunDir, texts: list[str], on_message: Messages = quiet) -> str:
     """Where the run's starting model is (modeling.resolve_model_path). A tiny model or a GGUF conversion is built
-    aside and renamed into base-model/ (RunDir.new_base_model); one there already is used as it is."""
+    aside and renamed into base-model/ (RunDir.new_base_model), saying so (it is a quiet phase); one there already
+    is used as it is."""
     if run.base_model_dir.exists():
         return resolve_model_path(recipe.model, run.base_model_dir, texts, recipe.run.seed)
+    name = recipe.model.name_or_path
+    if is_tiny(name):
+        on_message(f"building the base model {name} (a tokenizer trained on the data, random weights) in "
+                   f"{run.base_model_dir}")
+    elif gguf_file(name) is not None:
+        on_message(f"converting {name} into an ordinary model directory, once, in {run.base_model_dir}")
     with run.new_base_model() as building:
         path = resolve_model_path(recipe.model, building, texts, recipe.run.seed)
     return str(run.base_model_dir.resolve()) if run.base_model_dir.exists() else path

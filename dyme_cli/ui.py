@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from .errors import BadArgument
 
-console = Console()
+# Output that is no terminal (a file, a pipe, a scheduler's log) has no width to fit: tables are laid out 160
+# columns wide there (COLUMNS, when set, wins), so that a column name or a number is never cut to 80.
+LOG_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+console = Console(width=LOG_WIDTH)
 err_console = Console(stderr=True)
 USER_ERROR = 2  # exit code for mistakes in what the user gave us
 IMAGE_BAR_MIN = 1000  # images to decode before checking them gets a progress bar (fewer take seconds)
@@ -64,12 +70,71 @@ def note(message: str) -> None:
 
 def progress_bar() -> Progress:
     """A progress bar with elapsed and remaining time and a `stats` field for live numbers (shown by the main
-    process only)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
-        transient=False, disable=not is_main_process(),
-    )
+    process only); on output that is no terminal (a file, a pipe, a scheduler's log), PlainProgress's lines."""
+    if not console.is_terminal:
+        return PlainProgress()
+    return StatsBelowProgress(*bar_columns(), console=console, transient=False, disable=not is_main_process())
+
+
+def bar_columns() -> list:
+    """The live bar's columns: what, a bar, done/total, elapsed, ETA (a task's `stats` go below, StatsBelowProgress)."""
+    return [TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn()]
+
+
+class StatsBelowProgress(Progress):
+    """The bar on one line and each task's `stats` on the next, so that neither is cut on an 80-column terminal."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.visible and task.fields.get("stats"):
+                yield Text.from_markup("  " + task.fields["stats"])
+
+
+class PlainProgress(Progress):
+    """Progress for output that is no terminal: nothing live, one plain line when a task is added, when its
+    description changes, each time it passes another tenth of its total, and when it completes (elapsed and ETA
+    included), so that a log file shows how far a long phase is."""
+
+    def __init__(self):
+        super().__init__(console=console, disable=True)
+        self._said: dict = {}  # task -> (description, tenths passed)
+
+    def add_task(self, description, *args, **kwargs):
+        task = super().add_task(description, *args, **kwargs)
+        self._say(task)
+        return task
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._say(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._say(task_id)
+
+    def _say(self, task_id) -> None:
+        if not is_main_process():
+            return
+        task = self._tasks[task_id]
+        tenths = int(10 * task.completed / task.total) if task.total else 0
+        if self._said.get(task_id) == (task.description, tenths):
+            return
+        self._said[task_id] = (task.description, tenths)
+        where = f"{task.completed:g}/{task.total:g}" if task.total else f"{task.completed:g}"
+        eta = f" eta={clock(task.time_remaining)}" if task.time_remaining is not None and task.total else ""
+        stats = f" {plain(task.fields['stats'])}" if task.fields.get("stats") else ""
+        self.console.print(f"{plain(task.description)}: {where} elapsed={clock(task.elapsed or 0)}{eta}{stats}",
+                           markup=False, highlight=False, soft_wrap=True)
+
+
+def plain(markup: str) -> str:
+    """Rich markup as the text it shows (escaped brackets unescaped); text that is no valid markup, as it is."""
+    try:
+        return Text.from_markup(markup).plain
+    except MarkupError:
+        return markup
 
 
 def quiet_transformers() -> None:
@@ -111,3 +176,35 @@ def image_check_progress() -> Iterator[Callable[[int, int], None]]:
     finally:
         if progress.live.is_started:
             progress.stop()
+
+
+def clock(seconds: float) -> str:
+    """`1:02:03` for a duration in seconds."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def step_line(metrics, total: int, elapsed_s: float, done: int, checkpoint: Path | None = None) -> str:
+    """One step (traces.StepMetrics) as a plain `key=value` line for a log file: progress and time, the reward by
+    component, rollout accuracy, mode shares, loss, gradient norm, throughput, memory; the held-out scores and the
+    checkpoint where the step has them. `done` steps took `elapsed_s` (the ETA is their pace)."""
+    from .dyme import Mode
+
+    def number(value, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    eta = elapsed_s / done * (total - metrics.step) if done else None
+    parts = [f"step={metrics.step}/{total}", f"elapsed={clock(elapsed_s)}", f"eta={'-' if eta is None else clock(eta)}",
+             f"reward={number(metrics.reward_mean)}"]
+    parts += [f"reward/{name}={number(mean)}" for name, (mean, _) in sorted(metrics.rewards.items())]
+    parts += [f"acc={number(metrics.accuracy)}"]
+    parts += [f"{mode.value}={metrics.mode_fraction(mode):.2f}" for mode in Mode]
+    update = metrics.update
+    parts += [f"loss={number(update.loss, 4)}", f"grad_norm={number(update.grad_norm)}",
+              f"tok/s={'-' if metrics.tokens_per_s is None else f'{metrics.tokens_per_s:.0f}'}",
+              f"mem_gib={number(update.memory_peak_gib)}"]
+    if metrics.eval_accuracy is not None:
+        parts += [f"eval_acc={metrics.eval_accuracy:.3f}", f"eval_format={metrics.eval_format_rate:.3f}"]
+    if checkpoint is not None:
+        parts.append(f"checkpoint={checkpoint}")
+    return " ".join(parts)

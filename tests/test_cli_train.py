@@ -230,3 +230,41 @@ def test_resuming_from_an_optimizer_state_that_does_not_fit_is_one_line(tmp_path
     result = runner.invoke(app, ["train", str(recipe_file), "--resume", "--max-steps", "4"])
     assert result.exit_code == 2
     assert "its optimizer state does not fit this model and optimizer" in " ".join(result.output.split())
+
+
+def test_output_that_is_no_terminal_gets_a_plain_line_per_log_every_steps_evaluation_and_checkpoint(tmp_path,
+                                                                                                     chart_data):
+    from dyme_cli.recipe import recipe_to_toml
+
+    recipe = small_recipe(chart_data, tmp_path / "run", max_steps=5)
+    recipe.run.log_every, recipe.run.save_every, recipe.run.eval_every, recipe.run.eval_limit = 2, 3, 5, 4
+    path = tmp_path / "recipe.toml"
+    path.write_text(recipe_to_toml(recipe))
+    result = runner.invoke(app, ["train", str(path)])  # CliRunner's output is no terminal, as a file or a pipe is
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("step=")]
+    assert [line.split()[0] for line in lines] == ["step=2/5", "step=3/5", "step=4/5", "step=5/5"]
+    for line in lines:
+        keys = [part.split("=")[0] for part in line.split()]
+        assert keys[:4] == ["step", "elapsed", "eta", "reward"]
+        assert {"reward/accuracy", "reward/format", "acc", "memorize", "explore", "skip", "loss", "grad_norm",
+                "tok/s", "mem_gib"} <= set(keys)
+    assert lines[1].endswith(f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'step-000003'}")
+    assert "eval_acc=" in lines[3] and "checkpoint=" in lines[3] and "eval_acc=" not in lines[2]
+    assert not [line for line in result.output.splitlines() if "━━━ " in line and "/5 " in line]  # no bar in a log
+
+
+def test_the_live_display_fits_80_columns_without_cutting_a_number():
+    from rich.console import Console
+
+    from dyme_cli.ui import StatsBelowProgress, bar_columns
+
+    terminal = Console(width=80, force_terminal=True, record=True)
+    display = StatsBelowProgress(*bar_columns(), console=terminal)
+    stats = "acc 0.12 · reward 0.34 · mem 0.50 exp 0.25 skip 0.25"
+    task = display.add_task("step 12345", total=100000, stats=stats)
+    display.update(task, completed=12345)
+    terminal.print(*display.get_renderables())
+    text = terminal.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "12345/100000" in text and stats in text and "…" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..ui import (console, err_console, image_check_progress, image_check_task, is_main_process, note,
-                  progress_bar, quiet_transformers)
+                  progress_bar, quiet_transformers, step_line)
 
 
 def train(
@@ -35,6 +36,7 @@ def train(
     from ..errors import BadArgument, UserError
     from ..processes import launched_offload
     from ..recipe import load_recipe
+    from ..rundir import RunDir
     from ..trainer import TrainingInterrupted, train as run_training
 
     if allow_recipe_change and not resume:
@@ -53,12 +55,22 @@ def train(
         return
     history: list = []  # traces.StepMetrics of each step
     total = max_steps or recipe.train.max_steps
+    live, loop_start = console.is_terminal, [0.0]
     with progress_bar() as progress:
-        task = progress.add_task("starting", total=total, stats="")
+        task = progress.add_task("starting", total=total, stats="") if live else None
 
         def on_step(step: int, total_steps: int, metrics) -> None:
             history.append(metrics)
-            progress.update(task, completed=step, description=f"step {step}", stats=_live_stats(metrics))
+            if live:
+                progress.update(task, completed=step, description=f"step {step}", stats=_live_stats(metrics))
+                return
+            if not loop_start[0]:  # the first step's own duration counts towards the pace
+                loop_start[0] = time.monotonic() - (metrics.time_generate + metrics.time_verify + metrics.time_update)
+            saved = step % recipe.run.save_every == 0 or step == total_steps
+            if saved or step % recipe.run.log_every == 0 or metrics.eval_accuracy is not None:
+                checkpoint = RunDir(Path(output or recipe.run.output_dir)).checkpoint(step) if saved else None
+                console.print(step_line(metrics, total_steps, time.monotonic() - loop_start[0], len(history),
+                                        checkpoint), markup=False, highlight=False, soft_wrap=True)
 
         try:
             result = run_training(
