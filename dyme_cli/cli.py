@@ -14,7 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .commands import compare, eval as eval_cmd, export, inspect, launch, prepare, train, verifiers
+from .commands import compare, eval as eval_cmd, export, inspect, launch, prepare, report, train, verifiers
 from .errors import Interrupted, UserError, UserFacingWarning, first_line, interrupt_exit_code
 from .ui import fail, note
 
@@ -99,6 +99,7 @@ app.command("eval")(eval_cmd.eval_command)
 app.command("compare")(compare.compare_command)
 app.command("export")(export.export_command)
 app.command("inspect-traces")(inspect.inspect_traces)
+app.command("report")(report.report_command)
 app.add_typer(verifiers.app, name="verifiers")
 app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     launch.launch_command)

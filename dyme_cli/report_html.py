@@ -45,8 +45,10 @@ def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _plot(alt: str, ylabel: str, series: dict[str, tuple[list[float], list[float | None]]]) -> str:
-    """One small line plot (markers, so a single window still shows) as an <img>."""
+def plot_img(alt: str, ylabel: str, series: dict[str, tuple[list[float], list[float | None]]],
+             xlabel: str = "step (window midpoint)") -> str:
+    """One small line plot as an <img> (a PNG data URI); a series of few points gets markers, so that a single
+    window or evaluation still shows; None values are gaps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -54,13 +56,14 @@ def _plot(alt: str, ylabel: str, series: dict[str, tuple[list[float], list[float
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for label, (xs, ys) in series.items():
-        axes.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
+        points = [float("nan") if y is None else y for y in ys]
+        axes.plot(xs, points, marker="o" if sum(y is not None for y in ys) <= 30 else None, label=label)
     if series:
         axes.legend(fontsize="small", loc="best")
     else:
         axes.text(0.5, 0.5, "nothing to plot", ha="center", va="center", transform=axes.transAxes)
     axes.set_title(alt)
-    axes.set_xlabel("step (window midpoint)")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     figure.tight_layout()
     buffer = BytesIO()
@@ -74,12 +77,12 @@ def _plots(windows: list[dict]) -> str:
     modes = [m for m in MODE_ORDER if m in seen] + sorted(seen - set(MODE_ORDER))
     fired = [name for name in FLAGS if any(w["flag_rates"].get(name) for w in windows)]
     return "\n".join([
-        _plot("mode fractions", "fraction of groups", {m: (xs, [w["modes"].get(m, 0.0) for w in windows]) for m in modes}),
-        _plot("reward and accuracy", "value", {
+        plot_img("mode fractions", "fraction of groups", {m: (xs, [w["modes"].get(m, 0.0) for w in windows]) for m in modes}),
+        plot_img("reward and accuracy", "value", {
             "reward mean": (xs, [w["reward_mean"] for w in windows]),
             "accuracy": (xs, [w["accuracy"] for w in windows]),
         }),
-        _plot("flag rates", "fraction of rollouts", {f: (xs, [w["flag_rates"].get(f, 0.0) for w in windows]) for f in fired}),
+        plot_img("flag rates", "fraction of rollouts", {f: (xs, [w["flag_rates"].get(f, 0.0) for w in windows]) for f in fired}),
     ])
 
 
