@@ -131,12 +131,12 @@ def test_a_hanging_plugin_does_not_stop_training(example_plugin, chart_data, tmp
     assert any(f"{rollouts} verifier call(s) failed" in m and "timed out after 0.5 s" in m for m in messages)
 
 
-def test_the_readme_plugin_example_works():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### Writing a verifier plugin"):]
+def test_the_documented_plugin_example_works():
+    guide = (REPO / "docs" / "verifiers.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## Writing a verifier plugin"):]
     code = section[section.index("```python") + len("```python"): section.index("```\n", section.index("```python") + 9)]
     namespace: dict = {}
-    exec(compile(code, "README example", "exec"), namespace)
+    exec(compile(code, "docs/verifiers.md example", "exec"), namespace)
     verifier = namespace["UnitsVerifier"]()
     sample = Sample(id="s", task="units", question="q", answer="3000 m")
     assert verifier.verify("3 km is 3000 m. Answer: 3 km", sample).correct
