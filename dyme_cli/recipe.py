@@ -48,17 +48,19 @@ class TinyModel(_Section):
     """Size of the embedded models (`name_or_path = "tiny:<family>"`), built from a config, random init. The
     bounds keep them tiny: a larger model is a checkpoint, not a shape in a recipe."""
 
-    vocab_size: int = Field(512, ge=64, le=65536)
-    hidden_size: int = Field(64, ge=8, le=2048)
-    num_layers: int = Field(2, ge=1, le=48)
-    num_heads: int = Field(4, ge=1, le=64)
-    intermediate_size: int = Field(128, ge=8, le=8192)
-    vision_hidden_size: int = Field(64, ge=8, le=2048)
-    vision_layers: int = Field(2, ge=1, le=48)
-    vision_heads: int = Field(4, ge=1, le=64)
-    image_size: int = Field(48, ge=8, le=1024)
-    patch_size: int = Field(8, ge=1, le=1024)
-    scale_factor: int = Field(2, ge=1, le=16)
+    vocab_size: int = Field(512, ge=64, le=65536, description="the tokenizer's vocabulary (trained on the data)")
+    hidden_size: int = Field(64, ge=8, le=2048, description="the language model's width")
+    num_layers: int = Field(2, ge=1, le=48, description="decoder layers")
+    num_heads: int = Field(4, ge=1, le=64, description="attention heads")
+    intermediate_size: int = Field(128, ge=8, le=8192, description="the MLPs' width")
+    vision_hidden_size: int = Field(64, ge=8, le=2048, description="the vision tower's width")
+    vision_layers: int = Field(2, ge=1, le=48, description="vision encoder layers")
+    vision_heads: int = Field(4, ge=1, le=64, description="vision attention heads")
+    image_size: int = Field(48, ge=8, le=1024, description="image side in pixels")
+    patch_size: int = Field(8, ge=1, le=1024, description="vision patch side")
+    scale_factor: int = Field(2, ge=1, le=16,
+        description="pixel-shuffle factor of the connector (image tokens per image = (image_size / patch_size / "
+        "scale_factor)^2)")
 
     @model_validator(mode="after")
     def _patches_fit(self) -> "TinyModel":
@@ -75,12 +77,13 @@ class TinyModel(_Section):
 class LoraSection(_Section):
     """`[model.lora]`: train low-rank adapters instead of the full weights (PEFT)."""
 
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, description="the adapters' rank")
+    alpha: float = Field(32.0, gt=0,
+        description="scaling of the adapters' update (alpha / r; alpha / sqrt(r) with use_rslora)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
     target_modules: Optional[str] = Field(
         None, description="regex over module names; default: the language model's attention and MLP projections")
-    use_rslora: bool = False
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) (PEFT's use_rslora)")
 
     @field_validator("target_modules")
     @classmethod
@@ -101,10 +104,14 @@ class ModelSection(_Section):
         "no", description="autocast compute dtype over the stored weights (accelerate); 'no' computes in `dtype`")
     processor: dict[str, Any] = Field(
         {}, description="options passed to AutoProcessor.from_pretrained (image resolution, tiling, ...)")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    trust_remote_code: bool = False
-    freeze_vision: bool = True
-    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa",
+        description="the attention kernel; the shared-prefix update needs sdpa or eager")
+    trust_remote_code: bool = Field(False,
+        description="run a hub model's own modelling code (only for models you trust)")
+    freeze_vision: bool = Field(True,
+        description="keep the vision tower's weights fixed (the connector and language model train)")
+    gradient_checkpointing: bool = Field(False,
+        description="recompute activations in the backward pass: less memory, more time")
     reuse_prompt: bool = Field(
         True, description="compute each prompt's work once: one prefill (images included) shared by its K rollouts, "
         "and in the update logits only where completion tokens are scored; false repeats it per row (the plain "
@@ -118,8 +125,8 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    train: Path
-    test: Optional[Path] = None
+    train: Path = Field(..., description="the training set (JSONL in dyme's dataset schema, images beside it)")
+    test: Optional[Path] = Field(None, description="the held-out set for eval_before / eval_after / eval_every")
     prompt_template: Optional[str] = Field(
         None, description="the user turn's text, with a {question} placeholder; default: the paper's instruction")
     bad_images: BadImages = Field(
@@ -145,8 +152,8 @@ class DataSection(_Section):
 
 class RolloutSection(_Section):
     num_generations: int = Field(8, ge=2, le=1024, description="K rollouts per prompt")
-    temperature: float = Field(1.0, gt=0, le=100)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0, le=100, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the rollouts (1.0: off)")
     top_k: int = Field(0, ge=0, le=1_000_000, description="0: off")
     repetition_penalty: float = Field(1.0, gt=0, le=100, description="1.0: off")
     max_new_tokens: int = Field(300, ge=1, le=1_000_000, description="checked against the model's context length")
@@ -159,14 +166,21 @@ class RolloutSection(_Section):
 class TrainSection(_Section):
     algorithm: Literal[ALGORITHMS] = Field("dyme", description="one of dyme.METHODS with a memorization rule")
     memorize_below: float = Field(
-        0.5, ge=0, le=1, description="algorithm = threshold: memorize while fewer than this fraction of rollouts are correct")
-    max_steps: int = Field(100, ge=1, le=10_000_000)
-    prompts_per_step: int = Field(32, ge=1, le=65536)
-    all_correct: Literal["skip", "explore"] = "skip"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    std_eps: float = Field(1e-4, gt=0, le=1)
-    reward_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+        0.5, ge=0, le=1,
+            description="algorithm = threshold: memorize while fewer than this fraction of rollouts are correct")
+    max_steps: int = Field(100, ge=1, le=10_000_000, description="training steps")
+    prompts_per_step: int = Field(32, ge=1, le=65536, description="B: prompts per step (each gets K rollouts)")
+    all_correct: Literal["skip", "explore"] = Field("skip",
+        description="what a prompt whose K rollouts are all correct does: skip (DyME) or explore")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group",
+        description="what the advantage r - mean divides by: the group's std (+ std_eps), the whole step's, or "
+        "nothing")
+    std_eps: float = Field(1e-4, gt=0, le=1, description="epsilon added to the std in A = (r - mean) / (std + eps)")
+    reward_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS),
+        description="weight of each reward component in the total reward (a component without a weight counts zero)")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("grpo",
+        description="how token losses are averaged (grpo: per row, then over rows; bnpo: per micro-batch; dapo: over "
+        "the step's tokens; dr_grpo: a constant N x L), formulas in losses.py")
     epsilon: float = Field(0.2, ge=0, le=MAX_CLIP, description="the ratio's clip range below 1")
     epsilon_high: Optional[float] = Field(None, ge=0, le=MAX_CLIP, description="above 1; defaults to epsilon")
     num_iterations: int = Field(1, ge=1, le=64, description="mu: updates per batch of rollouts")
@@ -181,12 +195,14 @@ class TrainSection(_Section):
 
 
 class OptimSection(_Section):
-    lr: float = Field(8e-5, gt=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0, le=10_000_000)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    lr: float = Field(8e-5, gt=0, le=1, description="AdamW's learning rate")
+    weight_decay: float = Field(0.01, ge=0,
+        description="AdamW's decoupled weight decay (not on biases and norms); weight_decay x lr < 1")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field((0.9, 0.999),
+        description="AdamW's betas")
+    warmup_steps: int = Field(0, ge=0, le=10_000_000, description="steps of linear warm-up from 0 to lr")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="the learning rate after warm-up")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="gradients are clipped to this norm")
     micro_batch_size: int = Field(8, ge=1, le=65536, description="rows per forward/backward")
 
     @model_validator(mode="after")
@@ -198,8 +214,10 @@ class OptimSection(_Section):
 
 
 class VerifierSection(_Section):
-    answer_flag: str = Field("Answer:", min_length=1)
-    timeout_s: float = Field(5.0, gt=0, le=86400, description="per verify call; a slower call counts as a failed verdict")
+    answer_flag: str = Field("Answer:", min_length=1,
+        description="the text that introduces the final answer in a completion (and in a memorized target)")
+    timeout_s: float = Field(5.0, gt=0, le=86400,
+        description="per verify call; a slower call counts as a failed verdict")
     workers: int = Field(2, ge=1, le=MAX_WORKERS, description="verifier worker processes")
     options: dict[str, dict[str, Any]] = Field(
         {}, description='verifier name -> its options; a secret is written { env = "VARIABLE" } and read from there')
@@ -224,18 +242,19 @@ class VerifierSection(_Section):
 
 
 class RunSection(_Section):
-    output_dir: Path = Path("runs/dyme")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    save_every: int = Field(50, ge=1)
+    output_dir: Path = Field(Path("runs/dyme"),
+        description="the run directory (checkpoints, logs, the recorded recipe)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="the run's seed: data order, rollouts, initialisation")
+    save_every: int = Field(50, ge=1, description="a checkpoint every N steps (and after the last)")
     log_every: int = Field(10, ge=1, description="when the output is no terminal (a file, a pipe, a scheduler's log): "
                            "a plain line every N steps, and at every evaluation and checkpoint")
-    keep_checkpoints: int = Field(2, ge=1)
-    eval_before: bool = False
-    eval_after: bool = False
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints are kept")
+    eval_before: bool = Field(False, description="held-out accuracy on [data].test before the first step")
+    eval_after: bool = Field(False, description="held-out accuracy on [data].test after the last step")
     eval_every: Optional[int] = Field(
         None, ge=1, description="held-out accuracy on [data].test every N steps, logged as eval_accuracy")
-    eval_limit: Optional[int] = Field(None, ge=1)
-    eval_batch_size: int = Field(64, ge=1, le=65536)
+    eval_limit: Optional[int] = Field(None, ge=1, description="evaluate on the first N held-out samples only")
+    eval_batch_size: int = Field(64, ge=1, le=65536, description="prompts per generate call in evaluations")
     report_to: list[Tracker] = Field(
         [], description="experiment trackers (accelerate's) that also receive every step's metrics; metrics.jsonl "
         "stays the record")
@@ -247,7 +266,8 @@ class SupervisionSection(_Section):
     and a refiner that rewrites reference traces before training (the memorization targets)."""
 
     checker: Literal["local", "llm"] = Field("local", description="local: the verifier's keyword-F1 thinking reward")
-    refiner: Literal["none", "llm"] = "none"
+    refiner: Literal["none", "llm"] = Field("none",
+        description="llm: rewrite the training samples' reference traces with the LLM before training")
     base_url: Optional[str] = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     model: Optional[str] = Field(None, description="the served model's name")
     api_key_env: Optional[str] = Field(None, description="environment variable holding the API key (never the key)")

@@ -66,3 +66,20 @@ def test_the_readme_is_short_and_every_link_into_the_docs_exists():
     assert len(readme) <= 12_000
     links = re.findall(r"\]\((docs/[^)#]+)", readme)
     assert links and all((REPO / link).is_file() for link in links), links
+
+
+def test_every_recipe_key_says_what_it_does():
+    from pydantic import BaseModel
+
+    from dyme_cli.recipe import Recipe
+
+    def undocumented(model, path=()):
+        for name, field in model.model_fields.items():
+            nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            if nested:
+                yield from undocumented(nested[0], (*path, name))
+            elif not (field.description or "").strip():
+                yield ".".join((*path, name))
+
+    assert list(undocumented(Recipe)) == []
