@@ -174,8 +174,8 @@ class RunDir:
         try:
             raw = tomllib.loads(self.recipe_file.read_text(encoding="utf-8"))
             recorded = recipe_to_toml(recipe_from_dict(raw, source=str(self.recipe_file)))
-        except (tomllib.TOMLDecodeError, RecipeError) as exc:
-            return [f"the recorded recipe cannot be read ({first_line(exc)})"]
+        except (tomllib.TOMLDecodeError, RecipeError) as exc:  # (then no key can be compared, the shape's neither)
+            return [f"the recorded recipe cannot be read ({first_line(exc)})"] if only is None else []
         return recipe_changes(recorded, recipe_toml, only)
 
     def record_recipe(self, recipe_toml: str) -> None:
