@@ -92,6 +92,17 @@ def test_resume_refuses_a_recipe_change_unless_allowed_and_keeps_the_recorded_re
     assert (run / "recipe.toml").read_text() == recipe_to_toml(changed)
 
 
+def test_a_recorded_recipe_that_cannot_be_read_is_a_change_allowed_on_request_not_another_model(tmp_path, chart_data):
+    """A recipe recorded by a newer dyme (a key this one does not know) says nothing about the model's shape."""
+    run = tmp_path / "run"
+    train(small_recipe(chart_data, run, max_steps=2))
+    (run / "recipe.toml").write_text((run / "recipe.toml").read_text().replace("[run]", "[run]\nnewer_key = 1", 1))
+    longer = small_recipe(chart_data, run, max_steps=3)
+    with pytest.raises(RunDirError, match="the recorded recipe cannot be read .*pass --allow-recipe-change"):
+        train(longer, resume=True)
+    assert train(longer, resume=True, allow_recipe_change=True).steps == 3
+
+
 # --------------------------------------------------------------------------- one process per run directory
 
 HOLD_LOCK = """
