@@ -162,10 +162,25 @@ def refined_samples(recipe: Recipe, run: RunDir, samples: list[Sample], on_messa
     template = run_templates(recipe, run).current
     refiner = refiner_for(recipe.supervision, run.path / SUPERVISION_DIR / "refined.jsonl", recipe.verifier.answer_flag,
                           template.text)
-    report = refiner.refine(list(samples))
+    on_message(f"refining the reference traces of {len(samples)} samples with {recipe.supervision.model} at "
+               f"{recipe.supervision.base_url} (those refined before are read from {SUPERVISION_DIR}/)")
+    report = refiner.refine(list(samples), on_progress=every_tenth("refiner", on_message))
     on_message(f"template v{template.version}: " + report.summary()
                + "".join(f"; {reason}" for reason in report.reasons[:1]))
     return report.samples
+
+
+def every_tenth(what: str, on_message: Callable[[str], None]) -> Callable[[int, int], None]:
+    """An `on_progress(done, total)` that says how far `what` is each time it passes another tenth."""
+    said = [0]
+
+    def progress(done: int, total: int) -> None:
+        tenths = 10 * done // total if total else 10
+        if tenths > said[0]:
+            said[0] = tenths
+            on_message(f"{what}: {done}/{total}")
+
+    return progress
 
 
 def run_templates(recipe: Recipe, run: RunDir) -> TemplateStore:

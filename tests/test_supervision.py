@@ -319,6 +319,7 @@ def test_two_dyme_steps_with_the_llm_checker_and_refiner(llm_server, tmp_path, c
     for m in metrics:
         assert m["checker_cache_hits"] + m["checker_calls"] - m["checker_unparseable"] + m["checker_fallbacks"] >= rollouts
     assert any("refined references:" in m for m in messages)
+    assert "refiner: 2/2" in messages  # the pass says how far it is (a line per tenth)
     recipe.train.max_steps = 3
     resumed = []
     train(recipe, resume=True, on_message=resumed.append)
