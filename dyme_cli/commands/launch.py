@@ -20,9 +20,11 @@ LAUNCHED = ("train", "eval", "compare")
 
 
 def launch_command(ctx: typer.Context) -> None:
-    """Run `dyme COMMAND ...` (train, eval or compare) on several processes: the options of `accelerate launch`
-    (--config_file, --num_processes, --num_machines, --main_process_port, ...), then the command. Example:
-    dyme launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 8 train recipes/chart.toml"""
+    """Run train, eval or compare on several processes, ending like one process.
+
+    The options of `accelerate launch` (--config_file, --num_processes, --num_machines, --main_process_port, ...),
+    then the command, e.g. `dyme launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 8 train
+    recipes/chart.toml`. A failing process's one-line error and exit code are the launch's."""
     from accelerate.commands.launch import launch_command as accelerate_launch, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 

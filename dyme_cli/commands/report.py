@@ -15,8 +15,11 @@ def report_command(
     out: Optional[Path] = typer.Option(
         None, "--out", help="The HTML file to write (default: RUN/report.html for one run, report.html for several)."),
 ) -> None:
-    """Plot the reward by component, mode shares, rollout and held-out accuracy, loss, gradient norm, throughput,
-    memory, step time and pseudo-thinking flag rates of runs (while they train or after) into one HTML page."""
+    """Plot a run's curves, or several runs' side by side, into one HTML page.
+
+    The reward by component, mode shares, rollout and held-out accuracy, loss, gradient norm, throughput, memory,
+    step time and the pseudo-thinking flag rates of the logged rollouts, read from the run directories while they
+    train or after."""
     from ..run_report import report
 
     target = output_file(out or (runs[0] / "report.html" if len(runs) == 1 else Path("report.html")), "--out")
