@@ -117,7 +117,7 @@ class PlainProgress(Progress):
     def _say(self, task_id) -> None:
         if not is_main_process():
             return
-        task = self._tasks[task_id]
+        task = next(task for task in self.tasks if task.id == task_id)
         tenths = int(10 * task.completed / task.total) if task.total else 0
         if self._said.get(task_id) == (task.description, tenths):
             return
