@@ -125,7 +125,7 @@ def load_verifiers(tasks: Iterable[str] | Mapping[str, str], answer_flag: str, o
     for name in sorted(set(options) - tasks):
         if name not in available:
             raise VerifierError(f"[verifier.options.{name}]: unknown verifier '{name}'")
-    for name in sorted(tasks):  # secrets are resolved here, so that the child is given values, not variable names
+    for name in sorted(tasks):  # a secret's missing variable is named before any child starts (it reads them too)
         from_environment(name, options.get(name, {}))
     return in_child(_construct, sorted(tasks), answer_flag, options,
                     what=f"starting the verifiers {', '.join(sorted(tasks))}")

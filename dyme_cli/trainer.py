@@ -126,7 +126,7 @@ class StopRequest:
             return
         self.signum, self._since = signum, time.monotonic()
         self.on_message(f"{signal.Signals(signum).name}: stopping after the current step with a checkpoint; "
-                        "press Ctrl-C (or send the signal) again to stop at once without one")
+                        "press Ctrl-C again (or send the signal again 5 s or more later) to stop at once without one")
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
