@@ -140,6 +140,7 @@ def compare(
     sft_fraction: float = 0.5,
     on_run: Callable[[str], None] = lambda label: None,
     on_message: Callable[[str], None] = lambda message: None,
+    on_step: Callable[[int, int, StepMetrics], None] | None = None,
 ) -> Comparison:
     """Select each method's lr among `lrs` on `val` (when several are given; a method in `method_lrs` keeps the
     lr given there, e.g. one chosen by an earlier comparison), then train every method for every seed and score it
@@ -166,7 +167,7 @@ def compare(
     if selection_seed in seeds and len(candidates) > 1:
         raise BadArgument(f"the selection seed {selection_seed} is also a test seed; choose another")
     out = Path(out)
-    plan = Plan(recipe, out, sft_fraction, on_run, on_message)
+    plan = Plan(recipe, out, sft_fraction, on_run, on_message, on_step)
 
     selection: dict[str, dict[float, float | None]] = {}
     for method in methods:
@@ -197,6 +198,7 @@ class Plan:
     sft_fraction: float
     on_run: Callable[[str], None]
     on_message: Callable[[str], None]
+    on_step: Callable[[int, int, StepMetrics], None] | None = None  # each training step of each run
 
     def phase_steps(self, method: str) -> list[int]:
         total = self.recipe.train.max_steps
@@ -248,7 +250,7 @@ class Plan:
         if finished and records and StepMetrics.from_record(records[-1]).eval_accuracy is not None:
             self.on_message(f"{run.path}: finished earlier, read back")
             return checkpoints[-1]
-        return train(recipe, resume=bool(run.contents()), on_message=self.on_message).checkpoint
+        return train(recipe, resume=bool(run.contents()), on_message=self.on_message, on_step=self.on_step).checkpoint
 
 
 def first_eval(run: RunDir) -> float:

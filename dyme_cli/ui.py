@@ -208,3 +208,13 @@ def step_line(metrics, total: int, elapsed_s: float, done: int, checkpoint: Path
     if checkpoint is not None:
         parts.append(f"checkpoint={checkpoint}")
     return " ".join(parts)
+
+
+def live_stats(m) -> str:
+    """The progress line's figures of a step (traces.StepMetrics)."""
+    from .dyme import Mode
+
+    acc = "-" if m.accuracy is None else f"{m.accuracy:.2f}"
+    reward = "-" if m.reward_mean is None else f"{m.reward_mean:.2f}"
+    return (f"acc {acc} · reward {reward} · mem {m.mode_fraction(Mode.MEMORIZE):.2f} "
+            f"exp {m.mode_fraction(Mode.EXPLORE):.2f} skip {m.mode_fraction(Mode.SKIP):.2f}")

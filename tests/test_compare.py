@@ -186,3 +186,20 @@ def test_bench_real_compare_renders_the_charts_as_text_a_verifier_still_scores(t
         assert (sample.answer, sample.reference) == (chart.answer, chart.reference)
         assert verifier.verify(target_text(sample, "Answer:"), sample).correct
         assert answer_only.reference == "" and answer_only.answer == chart.answer
+
+
+def test_a_comparison_in_a_log_shows_each_run_and_its_steps(tmp_path, chart_data):
+    """Output that is no terminal: a line when a run starts and one per [run].log_every steps of it, labelled."""
+    from dyme_cli.recipe import recipe_to_toml
+
+    recipe = small_recipe(chart_data, tmp_path / "unused", max_steps=2)
+    recipe.run.log_every = 1
+    path = tmp_path / "recipe.toml"
+    path.write_text(recipe_to_toml(recipe))
+    result = CliRunner().invoke(app, ["compare", str(path), "--methods", "sft", "--seeds", "0", "--out",
+                                      str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("test: sft, lr 0.001, seed 0:") and "elapsed=" in line for line in lines)
+    steps = [line.split()[6] for line in lines if line.startswith("test: sft, lr 0.001, seed 0: step=")]
+    assert steps == ["step=1/2", "step=2/2"]

@@ -3,6 +3,7 @@ held-out accuracy (mean ± sd over seeds), pseudo-thinking flag rates and traini
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from ..dyme import METHODS, Mode
 from ..errors import BadArgument
-from ..ui import console, err_console, progress_bar, quiet_transformers
+from ..ui import console, err_console, live_stats, progress_bar, quiet_transformers, step_line
 
 ALL_METHODS = ",".join(METHODS)
 
@@ -43,14 +44,29 @@ def compare_command(
     if max_steps:
         recipe.train.max_steps = max_steps
     quiet_transformers()
+    live, run = console.is_terminal, {"label": "", "started": 0.0, "steps": 0}
+
+    def on_run(label: str) -> None:
+        run.update(label=label, started=time.monotonic(), steps=0)
+        progress.update(task, description=escape(label), completed=0, total=None, stats="")
+
+    def on_step(step: int, total: int, metrics) -> None:
+        """On a terminal the run's bar; in a log a line every [run].log_every steps (compare.py's runs log too)."""
+        run["steps"] += 1
+        if live:
+            progress.update(task, completed=step, total=total, stats=live_stats(metrics))
+        elif step % recipe.run.log_every == 0 or step == total:
+            console.print(f"{run['label']}: " + step_line(metrics, total, time.monotonic() - run["started"],
+                                                          run["steps"]), markup=False, highlight=False, soft_wrap=True)
+
     with progress_bar() as progress:
         task = progress.add_task("starting", total=None, stats="")
         try:
             comparison = compare(
                 recipe, methods=chosen, seeds=_items(seeds, int, "--seeds"),
                 lrs=candidates, method_lrs=method_lrs, val=val, out=out, selection_seed=selection_seed,
-                sft_fraction=sft_fraction, on_run=lambda label: progress.update(task, description=escape(label)),
-                on_message=lambda m: progress.console.print(escape(m)),
+                sft_fraction=sft_fraction, on_run=on_run, on_message=lambda m: progress.console.print(escape(m)),
+                on_step=on_step,
             )
         except TrainingInterrupted as exc:
             progress.stop()

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..ui import (console, err_console, image_check_progress, image_check_task, is_main_process, note,
-                  progress_bar, quiet_transformers, step_line)
+                  live_stats, progress_bar, quiet_transformers, step_line)
 
 
 def train(
@@ -62,7 +62,7 @@ def train(
         def on_step(step: int, total_steps: int, metrics) -> None:
             history.append(metrics)
             if live:
-                progress.update(task, completed=step, description=f"step {step}", stats=_live_stats(metrics))
+                progress.update(task, completed=step, description=f"step {step}", stats=live_stats(metrics))
                 return
             if not loop_start[0]:  # the first step's own duration counts towards the pace
                 loop_start[0] = time.monotonic() - (metrics.time_generate + metrics.time_verify + metrics.time_update)
@@ -131,16 +131,6 @@ def _print_plan(recipe_path: Path, recipe, max_steps: Optional[int], processes: 
     if plan.problems:
         raise typer.Exit(2)
     console.print("ok: the recipe is ready to train")
-
-
-def _live_stats(m) -> str:
-    """The progress line's figures of a step (traces.StepMetrics)."""
-    from ..dyme import Mode
-
-    acc = "-" if m.accuracy is None else f"{m.accuracy:.2f}"
-    reward = "-" if m.reward_mean is None else f"{m.reward_mean:.2f}"
-    return (f"acc {acc} · reward {reward} · mem {m.mode_fraction(Mode.MEMORIZE):.2f} "
-            f"exp {m.mode_fraction(Mode.EXPLORE):.2f} skip {m.mode_fraction(Mode.SKIP):.2f}")
 
 
 def _print_summary(result, history: list) -> None:
