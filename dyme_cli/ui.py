@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -182,6 +183,27 @@ def clock(seconds: float) -> str:
     """`1:02:03` for a duration in seconds."""
     whole = int(seconds)
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+class StepLog:
+    """Plain step lines (step_line) for output that is no terminal: one every `every` steps, at the last step, at an
+    evaluation, and where the caller says (a checkpoint); the pace is that of the steps seen since `restart`."""
+
+    def __init__(self, every: int, prefix: str = ""):
+        self.every = every
+        self.restart(prefix)
+
+    def restart(self, prefix: str = "") -> None:
+        self.prefix, self.started, self.steps = prefix, None, 0
+
+    def step(self, metrics, total: int, checkpoint: Path | None = None) -> None:
+        self.steps += 1
+        if self.started is None:  # the first step's own duration counts towards the pace
+            self.started = time.monotonic() - (metrics.time_generate + metrics.time_verify + metrics.time_update)
+        step = metrics.step
+        if checkpoint or step % self.every == 0 or step == total or metrics.eval_accuracy is not None:
+            console.print(self.prefix + step_line(metrics, total, time.monotonic() - self.started, self.steps,
+                                                  checkpoint), markup=False, highlight=False, soft_wrap=True)
 
 
 def step_line(metrics, total: int, elapsed_s: float, done: int, checkpoint: Path | None = None) -> str:

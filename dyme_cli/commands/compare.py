@@ -3,7 +3,6 @@ held-out accuracy (mean ± sd over seeds), pseudo-thinking flag rates and traini
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from ..dyme import METHODS, Mode
 from ..errors import BadArgument
-from ..ui import console, err_console, live_stats, progress_bar, quiet_transformers, step_line
+from ..ui import StepLog, console, err_console, live_stats, progress_bar, quiet_transformers
 
 ALL_METHODS = ",".join(METHODS)
 
@@ -44,20 +43,18 @@ def compare_command(
     if max_steps:
         recipe.train.max_steps = max_steps
     quiet_transformers()
-    live, run = console.is_terminal, {"label": "", "started": 0.0, "steps": 0}
+    live, log = console.is_terminal, StepLog(recipe.run.log_every)
 
     def on_run(label: str) -> None:
-        run.update(label=label, started=time.monotonic(), steps=0)
+        log.restart(f"{label}: ")
         progress.update(task, description=escape(label), completed=0, total=None, stats="")
 
     def on_step(step: int, total: int, metrics) -> None:
-        """On a terminal the run's bar; in a log a line every [run].log_every steps (compare.py's runs log too)."""
-        run["steps"] += 1
+        """On a terminal the run's bar; in a log its step lines, labelled with the run."""
         if live:
             progress.update(task, completed=step, total=total, stats=live_stats(metrics))
-        elif step % recipe.run.log_every == 0 or step == total:
-            console.print(f"{run['label']}: " + step_line(metrics, total, time.monotonic() - run["started"],
-                                                          run["steps"]), markup=False, highlight=False, soft_wrap=True)
+        else:
+            log.step(metrics, total)
 
     with progress_bar() as progress:
         task = progress.add_task("starting", total=None, stats="")

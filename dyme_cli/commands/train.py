@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -11,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..ui import (console, err_console, image_check_progress, image_check_task, is_main_process, note,
-                  live_stats, progress_bar, quiet_transformers, step_line)
+from ..ui import (StepLog, console, err_console, image_check_progress, image_check_task, is_main_process, live_stats,
+                  note, progress_bar, quiet_transformers)
 
 
 def train(
@@ -55,7 +54,7 @@ def train(
         return
     history: list = []  # traces.StepMetrics of each step
     total = max_steps or recipe.train.max_steps
-    live, loop_start = console.is_terminal, [0.0]
+    live, log = console.is_terminal, StepLog(recipe.run.log_every)
     with progress_bar() as progress:
         task = progress.add_task("starting", total=total, stats="") if live else None
 
@@ -64,13 +63,9 @@ def train(
             if live:
                 progress.update(task, completed=step, description=f"step {step}", stats=live_stats(metrics))
                 return
-            if not loop_start[0]:  # the first step's own duration counts towards the pace
-                loop_start[0] = time.monotonic() - (metrics.time_generate + metrics.time_verify + metrics.time_update)
             saved = step % recipe.run.save_every == 0 or step == total_steps
-            if saved or step % recipe.run.log_every == 0 or metrics.eval_accuracy is not None:
-                checkpoint = RunDir(Path(output or recipe.run.output_dir)).checkpoint(step) if saved else None
-                console.print(step_line(metrics, total_steps, time.monotonic() - loop_start[0], len(history),
-                                        checkpoint), markup=False, highlight=False, soft_wrap=True)
+            log.step(metrics, total_steps, RunDir(Path(output or recipe.run.output_dir)).checkpoint(step) if saved
+                     else None)
 
         try:
             result = run_training(
