@@ -18,12 +18,13 @@ post-training references are medium-quality traces (wrong values for bars the an
      It prints held-out accuracy, format and pseudo-thinking flag rates (mean ± sd over the seeds), mode shares and
      training time, and writes compare.json and accuracy.png under OUT/compare.
 
-    python bench/real_compare.py [--out runs/bench-real] [--methods dyme,sft] [--seeds 0,1,2] [--steps 12]
+    python bench/real_compare.py [--out runs/bench-real] [--methods dyme,sft,grpo,sft-grpo] [--seeds 0,1,2] [--steps 12]
 
-The defaults are sized to finish in about 75 minutes on a 2-core CPU: 12 steps of 8 prompts (K = 4), 64 new tokens
-(a reference trace and its answer fit in about 50), 50 validation and 100 test questions, two learning rates per
-method and three seeds for DyME and SFT. An update of 8 prompts took 15-20 s there and a DyME step 15-45 s, so GRPO
-and SFT→GRPO (`--methods dyme,sft,grpo,sft-grpo`) would about double it.
+The defaults are sized for a 2-core CPU: 12 steps of 8 prompts (K = 4), 64 new tokens (a reference trace and its
+answer fit in about 50), 50 validation and 100 test questions, two learning rates per method, three seeds. All four
+methods took about two hours there (warm-up 3 min, the eight selection runs 36 min, the twelve test runs about 75
+min: a DyME run about 7 min, SFT 5.5, GRPO 3 — its groups answer in a word — and SFT→GRPO 8.5 with its two phases'
+evaluations); `--methods dyme,sft` takes about 75 minutes.
 
 Every `dyme` it runs computes under bench/rounding.py's PORTABLE_CPU kernel settings. Finished runs are read back,
 so an interrupted benchmark continues where it stopped when rerun with the same arguments. The generator seeds are
@@ -109,7 +110,7 @@ def warm_base(out: Path, model: Path, val: Path, warmup: Path, args) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-real"))
-    parser.add_argument("--methods", default="dyme,sft")
+    parser.add_argument("--methods", default="dyme,sft,grpo,sft-grpo")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
