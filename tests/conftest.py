@@ -1,4 +1,5 @@
 import hashlib
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def fresh_accelerator_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
+
+
+@pytest.fixture
+def foreground_signals():
+    """Signal handling as in a foreground shell, for tests that send the process a signal: a background job starts
+    with SIGINT ignored (and SIGHUP too under `nohup`), and dyme rightly leaves an ignored signal ignored."""
+    live = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL}
+    before = {signum: signal.signal(signum, handler) for signum, handler in live.items()}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture

@@ -139,7 +139,7 @@ def test_help_pages():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, chart_data):
+def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, chart_data, foreground_signals):
     import os
     import signal
 
@@ -152,7 +152,7 @@ def test_ctrl_c_finishes_the_step_saves_and_stops(tmp_path, chart_data):
         if step == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    before = signal.getsignal(signal.SIGINT)  # Python's default handler; SIG_IGN in a background job
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as info:
         train(recipe, on_step=press_ctrl_c)
     assert info.value.step == 1  # the step that was running when Ctrl-C came is finished and saved

@@ -123,7 +123,7 @@ def test_a_lora_adapter_directory_loads_as_base_plus_adapter(tmp_path, chart_dat
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_ctrl_c_sigterm_and_sighup_print_and_write_partial_results(tmp_path, chart_data, tiny_model_dir, monkeypatch,
-                                                                  signum):
+                                                                  foreground_signals, signum):
     import dyme_cli.evaluate as evaluate_module
 
     real_generate, calls = evaluate_module.TransformersBackend.generate, []

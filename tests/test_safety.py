@@ -19,7 +19,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_finish_the_step_checkpoint_and_stop_like_ctrl_c(tmp_path, chart_data, signum):
+def test_sigterm_and_sighup_finish_the_step_checkpoint_and_stop_like_ctrl_c(tmp_path, chart_data, foreground_signals,
+                                                                            signum):
     recipe = small_recipe(chart_data, tmp_path / "run")
     recipe.run.save_every = 100
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
