@@ -123,8 +123,10 @@ class PlainProgress(Progress):
         if self._said.get(task_id) == (task.description, tenths):
             return
         self._said[task_id] = (task.description, tenths)
-        count = f"{task.completed:g} " if task.completed else ""  # a task with no total: how many so far, if any
-        where = f"{task.completed:g}/{task.total:g} " if task.total else count
+        if task.total:
+            where = f"{task.completed:g}/{task.total:g} "
+        else:  # no total: the count so far, once there is one
+            where = f"{task.completed:g} " if task.completed else ""
         eta = f" eta={clock(task.time_remaining)}" if task.time_remaining is not None and task.total else ""
         stats = f" {plain(task.fields['stats'])}" if task.fields.get("stats") else ""
         self.console.print(f"{plain(task.description)}: {where}elapsed={clock(task.elapsed or 0)}{eta}{stats}",
