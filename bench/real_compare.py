@@ -18,7 +18,8 @@ post-training references are medium-quality traces (wrong values for bars the an
      It prints held-out accuracy, format and pseudo-thinking flag rates (mean ± sd over the seeds), mode shares and
      training time, and writes compare.json and accuracy.png under OUT/compare.
 
-    python bench/real_compare.py [--out runs/bench-real] [--methods dyme,sft,grpo,sft-grpo] [--seeds 0,1,2] [--steps 12]
+    python bench/real_compare.py [--out runs/bench-real] [--methods dyme,sft,grpo,sft-grpo] [--seeds 0,1,2]
+                                 [--steps 12]
 
 The defaults are sized for a 2-core CPU: 12 steps of 8 prompts (K = 4), 64 new tokens (a reference trace and its
 answer fit in about 50), 50 validation and 100 test questions, two learning rates per method, three seeds. All four
